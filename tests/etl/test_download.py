@@ -1,0 +1,265 @@
+"""`download_raw_files` against a local HTTP server on 127.0.0.1 that supports Range."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import threading
+import time
+import urllib.error
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from etl.download import (
+    BASE_URL_2014,
+    BASE_URL_2018,
+    RAW_FILES,
+    DownloadError,
+    RawFile,
+    _is_offline,
+    download_raw_files,
+    file_url,
+)
+
+BODY = bytes(range(256)) * 40  # 10,240 bytes
+SHA = hashlib.sha256(BODY).hexdigest()
+NAME = "reviews_Beauty_5.json.gz"
+
+
+@dataclass
+class Behaviour:
+    """What the test server does; `ranges` records each request's Range header (or None)."""
+
+    files: dict[str, bytes]
+    cut_first_after: int | None = None  # first response: send this many bytes, then close
+    ignore_range: bool = False
+    ranges: list[str | None] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    behaviour: Behaviour
+
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        b = self.server.behaviour  # type: ignore[attr-defined]
+        b.ranges.append(self.headers.get("Range"))
+        b.paths.append(self.path)
+        body = b.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start, status = 0, 200
+        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if m and not b.ignore_range:
+            start = int(m.group(1))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body) - start))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        payload = body[start:]
+        if b.cut_first_after is not None and len(b.ranges) == 1:
+            self.wfile.write(payload[: b.cut_first_after])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)  # cut the connection mid-file
+            return
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Behaviour]]:
+    """A Range-capable HTTP server on a free 127.0.0.1 port, serving under /2018 and /2014."""
+    behaviour = Behaviour(files={})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.behaviour = behaviour  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", behaviour
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def _table(sha: str | None = SHA, size: int | None = None) -> dict[str, RawFile]:
+    return {NAME: RawFile("files/" + NAME, "2014", size=size, sha256=sha)}
+
+
+def _get(tmp_path: Path, url: str, **kwargs: object) -> list[Path]:
+    defaults: dict[str, object] = {
+        "base_url": url + "/2018",
+        "base_url_2014": url + "/2014",
+        "table": _table(),
+        "progress": False,
+        "backoff": 0.01,
+        "timeout": 5,
+    }
+    defaults.update(kwargs)
+    return download_raw_files(tmp_path / "raw", **defaults)  # type: ignore[arg-type]
+
+
+def test_full_download_with_checksum(tmp_path, server):
+    url, b = server
+    b.files["/2014/files/" + NAME] = BODY
+    paths = _get(tmp_path, url)
+    assert paths == [tmp_path / "raw" / NAME]
+    assert paths[0].read_bytes() == BODY
+    assert b.ranges == [None]  # one plain request
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [NAME]  # no .part left
+
+
+def test_cut_connection_resumes_with_range(tmp_path, server):
+    url, b = server
+    b.files["/2014/files/" + NAME] = BODY
+    b.cut_first_after = 3_000
+    paths = _get(tmp_path, url)
+    assert paths[0].read_bytes() == BODY
+    assert b.ranges == [None, "bytes=3000-"]  # the second request resumed at the cut
+
+
+def test_server_ignoring_range_restarts_from_zero(tmp_path, server):
+    url, b = server
+    b.files["/2014/files/" + NAME] = BODY
+    b.ignore_range = True
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / (NAME + ".part")).write_bytes(b"garbage!" * 10)  # a stale partial download
+    paths = _get(tmp_path, url)
+    assert paths[0].read_bytes() == BODY
+    assert b.ranges == ["bytes=80-"]  # asked to resume, got 200 with the whole file
+
+
+def test_complete_part_answered_416_is_finalised(tmp_path, server):
+    url, b = server
+    b.files["/2014/files/" + NAME] = BODY
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / (NAME + ".part")).write_bytes(BODY)
+    assert _get(tmp_path, url)[0].read_bytes() == BODY
+    assert b.ranges == [f"bytes={len(BODY)}-"]
+
+
+def test_checksum_mismatch_is_clear_and_leaves_nothing(tmp_path, server):
+    url, b = server
+    b.files["/2014/files/" + NAME] = BODY
+    with pytest.raises(DownloadError, match=rf"{NAME}: sha256 {SHA} does not match") as exc:
+        _get(tmp_path, url, table=_table(sha="0" * 64))
+    assert "\n" not in str(exc.value)
+    assert list((tmp_path / "raw").iterdir()) == []  # neither final file nor .part
+
+
+def test_size_mismatch_with_the_table_is_an_error(tmp_path, server):
+    url, b = server
+    b.files["/2014/files/" + NAME] = BODY
+    with pytest.raises(DownloadError, match=f"server reports {len(BODY)} bytes, expected 99"):
+        _get(tmp_path, url, table=_table(size=99))
+    assert not (tmp_path / "raw" / NAME).exists()
+
+
+def test_complete_file_is_skipped(tmp_path, server):
+    url, b = server
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / NAME).write_bytes(BODY)
+    assert _get(tmp_path, url) == [raw / NAME]
+    assert b.ranges == []  # no request at all
+
+
+def test_http_404_fails_without_retrying(tmp_path, server):
+    url, b = server
+    with pytest.raises(DownloadError, match=r"HTTP 404 .* for http://127\.0\.0\.1:\d+/2014/files/"):
+        _get(tmp_path, url)
+    assert len(b.ranges) == 1
+
+
+def test_dead_port_fails_fast_listing_files_to_place_by_hand(tmp_path):
+    with socket.socket() as s:  # a free port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as exc:
+        download_raw_files(
+            tmp_path / "raw",
+            base_url=url + "/2018/",
+            base_url_2014=url + "/2014/",
+            progress=False,
+            backoff=5.0,  # a retry would take 5 s: the test shows there is none
+        )
+    assert time.monotonic() - start < 2.0
+    message = str(exc.value)
+    assert message.startswith("no network") and "\n" not in message
+    assert str(tmp_path / "raw") in message
+    for name, entry in RAW_FILES.items():
+        assert f"{name} <- {url}/{entry.release}/{entry.path}" in message
+
+
+def test_unknown_file_name_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown raw file\(s\) \['x.csv'\]; valid names"):
+        download_raw_files(tmp_path, files=["x.csv"], progress=False)
+
+
+def test_default_table_and_urls():
+    assert set(RAW_FILES) == {
+        "all_csv_files.csv",
+        "All_Amazon_Meta.json.gz",
+        "reviews_Beauty_5.json.gz",
+        "reviews_Sports_and_Outdoors_5.json.gz",
+        "meta_Beauty.json.gz",
+        "meta_Sports_and_Outdoors.json.gz",
+    }
+    assert file_url("all_csv_files.csv", RAW_FILES, BASE_URL_2018, BASE_URL_2014) == (
+        "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/categoryFilesSmall/"
+        "all_csv_files.csv"
+    )
+    assert file_url("meta_Beauty.json.gz", RAW_FILES, BASE_URL_2018, BASE_URL_2014) == (
+        "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Beauty.json.gz"
+    )
+    for entry in RAW_FILES.values():
+        assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+
+
+class _Unavailable(_Handler):
+    def do_GET(self) -> None:
+        self.server.behaviour.ranges.append(self.headers.get("Range"))  # type: ignore[attr-defined]
+        self.send_error(503)
+
+
+def test_server_errors_are_retried_then_reported(tmp_path):
+    behaviour = Behaviour(files={})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    httpd.behaviour = behaviour  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        with pytest.raises(DownloadError, match=f"{NAME}: giving up after 2 retries"):
+            _get(tmp_path, url, retries=2)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+    assert len(behaviour.ranges) == 3  # the first try and 2 retries
+
+
+def test_dns_failure_counts_as_offline_but_a_timeout_does_not():
+    dns = urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+    assert _is_offline(dns)
+    assert _is_offline(urllib.error.URLError(ConnectionRefusedError(111, "refused")))
+    assert not _is_offline(urllib.error.URLError(TimeoutError("timed out")))
