@@ -1,0 +1,383 @@
+"""``SeqData``: the leave-one-out split and the data loaders of one run.
+
+Split (RecBole's ``eval_args: {split: {LS: valid_and_test}, order: TO}``): for a user with
+``n >= 3`` interactions in time order, item ``n - 2`` is the valid target, item ``n - 1``
+the test target, and items ``0 .. n - 3`` are training data. A user with fewer than 3
+interactions has nothing to hold out: all of their items are training data and they are
+never evaluated (counted in ``n_short_users``). RecBole would instead make the second item
+of a 2-interaction user a test target without a valid one; we keep valid and test on the
+same users so the two are comparable.
+
+Loaders yield the dict batches of DESIGN.md ("Item ids and batches"). Nothing is stored per
+sample: a sample is an index into the cumulative per-user sample counts (see ``windows``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from recbole_fork.data.dataset import SeqDataset
+from recbole_fork.data.windows import (
+    TRAIN_MODES,
+    gather_eval,
+    gather_windows,
+    sample_slices,
+    samples_per_user,
+)
+
+logger = logging.getLogger(__name__)
+
+EVAL_PHASES = ("valid", "test", "train")
+DATA_DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "properties" / "data.yaml"
+
+
+def _data_defaults() -> dict[str, Any]:
+    return yaml.safe_load(DATA_DEFAULTS_FILE.read_text(encoding="utf-8")) or {}
+
+
+def _check_shard(rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"shard rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size}: must be at least 1")
+
+
+class SeqData:
+    """Histories, split and loaders of one run (built once, by ``build_seq_data``).
+
+    Attributes:
+        dataset: the ``SeqDataset`` (RecBole ``Dataset``: item features, token maps, ...).
+        n_items: item ids including padding 0 (``dataset.item_num``).
+        n_users: user ids including padding 0 (``dataset.user_num``).
+        item_counts: int64 [n_items], occurrences of each item in the training split
+            (0 for padding and for items seen only as valid / test targets).
+        n_short_users: users with 1 or 2 interactions (training only, never evaluated).
+        max_seq_length, train_mode, train_window_stride, seed: the settings in use.
+    """
+
+    def __init__(
+        self,
+        dataset: SeqDataset,
+        *,
+        max_seq_length: int,
+        train_mode: str = "all_positions",
+        train_window_stride: int | None = None,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode={train_mode!r} is not one of {list(TRAIN_MODES)}")
+        if int(max_seq_length) < 1:
+            raise ValueError(f"max_seq_length={max_seq_length}: must be at least 1")
+        stride = int(max_seq_length) if train_window_stride is None else int(train_window_stride)
+        if not 1 <= stride <= max_seq_length:
+            raise ValueError(
+                f"train_window_stride={stride}: must be between 1 and max_seq_length="
+                f"{max_seq_length} (a larger stride would skip training transitions)"
+            )
+        self.dataset = dataset
+        self.name = str(dataset.dataset_name)
+        self.max_seq_length = int(max_seq_length)
+        self.train_mode = train_mode
+        self.train_window_stride = stride
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self.n_items = int(dataset.item_num)
+        self.n_users = int(dataset.user_num)
+
+        self._items = dataset.hist_items  # [nnz]
+        self._times = dataset.hist_times  # [nnz]
+        self._offsets = dataset.hist_offsets  # [n_users + 1]
+        n = np.diff(self._offsets)  # [n_users], interactions per user
+        self._n = n
+        evaluated = n >= 3
+        self._train_len = np.where(evaluated, n - 2, n)  # [n_users]
+        self.n_short_users = int(((n > 0) & ~evaluated).sum())
+        self._eval_users = np.flatnonzero(evaluated).astype(np.int64)
+        if len(self._eval_users) == 0:
+            raise ValueError(
+                f"dataset {self.name!r}: no user has the 3 interactions needed for a valid and "
+                f"a test item ({self.n_short_users} users have fewer); nothing to evaluate"
+            )
+
+        # Position of every interaction inside its user's history -> training-split mask.
+        pos = np.arange(len(self._items), dtype=np.int64) - np.repeat(self._offsets[:-1], n)
+        train_mask = pos < np.repeat(self._train_len, n)
+        del pos
+        self.item_counts = np.bincount(self._items[train_mask], minlength=self.n_items).astype(
+            np.int64
+        )
+        self.item_counts[0] = 0
+        self._num_train_interactions = int(train_mask.sum())
+        del train_mask
+
+        self._samples = samples_per_user(
+            self._train_len, self.max_seq_length, stride, train_mode
+        )  # [n_users]
+        if int(self._samples.sum()) == 0:
+            raise ValueError(
+                f"dataset {self.name!r}: no user has 2 training items, so there is nothing to train on"
+            )
+        # Train-phase evaluation: as many users as the valid set (or every eligible user),
+        # drawn once from the seed so that every epoch scores the same users.
+        eligible = np.flatnonzero(self._train_len >= 2).astype(np.int64)
+        size = min(len(self._eval_users), len(eligible))
+        rng = np.random.default_rng([self.seed, 0x7EA1])
+        self._train_eval_users = np.sort(rng.choice(eligible, size=size, replace=False))
+        logger.info(
+            "dataset %s: %d users (%d evaluated, %d with < 3 interactions: training only), "
+            "%d items, %d interactions (%d in training), %d training samples (%s, L=%d, stride=%d)",
+            self.name,
+            int((n > 0).sum()),
+            len(self._eval_users),
+            self.n_short_users,
+            self.n_items - 1,
+            len(self._items),
+            self._num_train_interactions,
+            int(self._samples.sum()),
+            train_mode,
+            self.max_seq_length,
+            stride,
+        )
+
+    # ----- sizes ---------------------------------------------------------------------------
+
+    def num_train_interactions(self) -> int:
+        """Interactions in the training split (every user's history minus held-out items)."""
+        return self._num_train_interactions
+
+    def num_train_samples(self, *, rank: int = 0, world_size: int = 1) -> int:
+        """Training samples one epoch yields on this shard (equal on every shard).
+
+        Shards hold the users ``u`` with ``u % world_size == rank``; each epoch every shard
+        uses as many samples as the smallest shard holds, so all ranks run the same number
+        of steps (the few extra samples of larger shards change with the epoch's shuffle).
+        """
+        _check_shard(rank, world_size)
+        return min(int(self._samples[r::world_size].sum()) for r in range(world_size))
+
+    def num_train_batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1) -> int:
+        """Batches per epoch of ``train_loader`` (the last one may be smaller)."""
+        _check_batch_size(batch_size)
+        return math.ceil(self.num_train_samples(rank=rank, world_size=world_size) / batch_size)
+
+    def eval_users(self, phase: str, *, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """Internal user ids (int64, ascending) that ``eval_loader(phase)`` covers.
+
+        Raises:
+            ValueError: unknown phase (valid ones listed) or bad shard.
+        """
+        _check_shard(rank, world_size)
+        if phase in ("valid", "test"):
+            users = self._eval_users
+        elif phase == "train":
+            users = self._train_eval_users
+        else:
+            raise ValueError(f"phase={phase!r} is not one of {list(EVAL_PHASES)}")
+        return users[users % world_size == rank]
+
+    # ----- loaders -------------------------------------------------------------------------
+
+    def train_loader(
+        self, batch_size: int, epoch: int, *, rank: int = 0, world_size: int = 1
+    ) -> TrainLoader:
+        """Shuffled training batches of one epoch (order fixed by ``(seed, epoch, rank)``).
+
+        Yields dicts ``item_seq``, ``time_seq``, ``target`` int64 [B, L] and ``user`` int64 [B].
+        """
+        _check_batch_size(batch_size)
+        _check_shard(rank, world_size)
+        return TrainLoader(self, int(batch_size), int(epoch), rank, world_size)
+
+    def eval_loader(
+        self, phase: str, batch_size: int, *, rank: int = 0, world_size: int = 1
+    ) -> EvalLoader:
+        """Evaluation batches of ``phase`` (``valid``, ``test`` or ``train``), users ascending.
+
+        ``train`` scores a fixed sample of users (as many as the valid set) on their last
+        training item. Each batch holds ``item_seq``, ``time_seq`` [B, L], ``seq_len``,
+        ``target``, ``target_time``, ``user`` [B], ``hist_indptr`` [B + 1], ``hist_items``.
+
+        Raises:
+            ValueError: unknown phase, batch size below 1 or bad shard.
+        """
+        _check_batch_size(batch_size)
+        users = self.eval_users(phase, rank=rank, world_size=world_size)
+        if phase == "valid":
+            target_pos = self._n[users] - 2
+        elif phase == "test":
+            target_pos = self._n[users] - 1
+        else:
+            target_pos = self._train_len[users] - 1
+        return EvalLoader(self, users, target_pos, int(batch_size))
+
+    def _to_torch(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out = {
+            k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k, v in arrays.items()
+        }
+        if self.pin_memory:
+            out = {k: v.pin_memory() for k, v in out.items()}
+        return out
+
+
+class TrainLoader:
+    """One epoch of training batches of one shard; iterate once or many times (same order)."""
+
+    def __init__(self, data: SeqData, batch_size: int, epoch: int, rank: int, world_size: int):
+        self.data = data
+        self.batch_size = batch_size
+        self.epoch = epoch
+        self.rank = rank
+        self.world_size = world_size
+        self._users = np.arange(rank, data.n_users, world_size, dtype=np.int64)  # shard
+        counts = data._samples[self._users]
+        self._cum = np.zeros(len(counts) + 1, dtype=np.int64)  # samples before each user
+        np.cumsum(counts, out=self._cum[1:])
+        self.num_samples = data.num_train_samples(rank=rank, world_size=world_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        d = self.data
+        rng = np.random.default_rng([d.seed, self.epoch, self.rank])
+        order = rng.permutation(int(self._cum[-1]))[: self.num_samples]  # [S] sample ids
+        for lo in range(0, self.num_samples, self.batch_size):
+            g = order[lo : lo + self.batch_size]  # [B]
+            j = np.searchsorted(self._cum, g, side="right") - 1  # shard-local user index
+            users = self._users[j]
+            start, length = sample_slices(
+                d._offsets[users],
+                d._train_len[users],
+                g - self._cum[j],
+                d.max_seq_length,
+                d.train_window_stride,
+                d.train_mode,
+            )
+            arrays = gather_windows(
+                d._items,
+                d._times,
+                start,
+                length,
+                d.max_seq_length,
+                last_only=d.train_mode == "last_position",
+            )
+            arrays["user"] = users
+            yield d._to_torch(arrays)
+
+
+class EvalLoader:
+    """Evaluation batches over fixed users and target positions, in user order."""
+
+    def __init__(self, data: SeqData, users: np.ndarray, target_pos: np.ndarray, batch_size: int):
+        self.data = data
+        self.users = users
+        self.target_pos = target_pos
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        d = self.data
+        for lo in range(0, len(self.users), self.batch_size):
+            users = self.users[lo : lo + self.batch_size]
+            arrays = gather_eval(
+                d._items,
+                d._times,
+                d._offsets[users],
+                self.target_pos[lo : lo + self.batch_size],
+                d.max_seq_length,
+            )
+            arrays["user"] = users
+            yield d._to_torch(arrays)
+
+
+class _DictConfig(dict):
+    """A settings dict read like RecBole's ``Config``: unknown keys read as None."""
+
+    def __getitem__(self, key: str) -> Any:
+        return self.get(key)
+
+
+def _recbole_dataset_defaults() -> dict[str, Any]:
+    import recbole
+
+    props = Path(recbole.__file__).parent / "properties"
+    out: dict[str, Any] = {"encoding": "utf-8"}
+    for path in (props / "overall.yaml", props / "dataset" / "sample.yaml"):
+        out.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    return out
+
+
+def as_recbole_config(config: Any) -> Any:
+    """A RecBole ``Config`` is returned as is; a plain mapping of settings as a user writes
+    them becomes a Config-like dict layered over RecBole's dataset defaults and
+    ``properties/data.yaml``, with ``data_path`` resolved to ``data_path/dataset`` as
+    RecBole's ``Config`` does.
+
+    Raises:
+        ValueError: a mapping without ``dataset``.
+    """
+    from recbole.config import Config
+
+    if isinstance(config, Config):
+        return config
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"config must be a recbole Config or a mapping, not {type(config).__name__}"
+        )
+    if not config.get("dataset"):
+        raise ValueError("config has no 'dataset': set it to the atomic files' folder name")
+    merged = {**_recbole_dataset_defaults(), **_data_defaults(), **dict(config)}
+    merged["data_path"] = str(Path(merged.get("data_path") or "dataset") / str(merged["dataset"]))
+    return _DictConfig(merged)
+
+
+def _setting(config: Any, key: str, defaults: dict[str, Any]) -> Any:
+    value = config[key]
+    return defaults.get(key) if value is None else value
+
+
+def build_seq_data(config: Any) -> SeqData:
+    """Load the atomic files named by ``config`` and prepare the split and loaders.
+
+    Args:
+        config: a RecBole ``Config`` (e.g. from ``recbole_fork.config.build_config``) or a
+            mapping with the same keys (``data_path``, ``dataset``, ``USER_ID_FIELD``,
+            ``ITEM_ID_FIELD``, ``TIME_FIELD``, ``load_col``, ``max_seq_length``,
+            ``train_mode``, ``train_window_stride``, ``seed``, ``pin_memory``). Keys that are
+            absent take the defaults of ``properties/data.yaml``.
+
+    Raises:
+        ValueError: missing ``.inter`` file, unknown ``train_mode``, bad
+            ``max_seq_length`` / ``train_window_stride``, or a dataset with no user to
+            evaluate or nothing to train on (the message names the dataset).
+    """
+    cfg = as_recbole_config(config)
+    inter = Path(cfg["data_path"]) / f"{cfg['dataset']}.inter"
+    if not inter.is_file():
+        raise ValueError(
+            f"dataset {cfg['dataset']!r}: {inter} not found (check data_path and dataset)"
+        )
+    defaults = _data_defaults()
+    dataset = SeqDataset(cfg)
+    return SeqData(
+        dataset,
+        max_seq_length=int(_setting(cfg, "max_seq_length", defaults)),
+        train_mode=str(_setting(cfg, "train_mode", defaults)),
+        train_window_stride=_setting(cfg, "train_window_stride", defaults),
+        seed=int(_setting(cfg, "seed", defaults) or 0),
+        pin_memory=bool(_setting(cfg, "pin_memory", defaults)),
+    )
