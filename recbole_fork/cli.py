@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from recbole_fork.checkpoint import CheckpointError
 from recbole_fork.config import ConfigError, build_config
 
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
+
+
+def write_result(checkpoint: str | Path, result: dict) -> Path:
+    """Write the final metrics beside the checkpoint (``x.pth`` -> ``x.metrics.json``), atomically."""
+    path = Path(checkpoint).with_suffix(".metrics.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def _pre_train_parser() -> argparse.ArgumentParser:
@@ -63,5 +75,69 @@ def pre_train_main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    write_result(args.output, result)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _fine_tune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fine_tune.py",
+        description="Fine-tune a pre-trained model on a target dataset; tracked in MLflow.",
+    )
+    p.add_argument(
+        "-c", "--config", required=True,
+        help="fine-tuning config (confs/fine_tune/{from_scratch,full,frozen_embeddings,progressive,ewc})",
+    )  # fmt: skip
+    p.add_argument("-s", "--dataset", required=True, help="target dataset (folder under the data path)")
+    p.add_argument("-o", "--output", required=True, help="fine-tuned checkpoint to write")
+    p.add_argument("-l", "--pretrain-dataset", help="pre-training dataset (EWC's Fisher; logged)")
+    p.add_argument("-i", "--init", help="pre-trained checkpoint (not needed by from_scratch)")
+    p.add_argument(
+        "-p", "--pretrain-config",
+        help="pre-training config; optional, checked against the checkpoint's own config",
+    )  # fmt: skip
+    p.add_argument(
+        "--data-path", help="folder holding <dataset>/<dataset>.inter (default: the config's)"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (YAML-typed value; dotted keys reach into mappings); repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.sqlite)",
+    )
+    return p
+
+
+def fine_tune_main(argv: Sequence[str] | None = None) -> int:
+    """``fine_tune.py -c CONFIG -s DATASET -o CHECKPOINT [-l DATASET -i CHECKPOINT] [-p CONFIG]``."""
+    args = _fine_tune_parser().parse_args(argv)
+    from recbole_fork.finetune import fine_tune, fine_tune_config
+
+    overrides = list(args.overrides)
+    if args.data_path:
+        overrides.append(f"data_path={args.data_path}")
+    try:
+        config = fine_tune_config(
+            args.config,
+            args.dataset,
+            overrides,
+            pretrained=args.init,
+            pretrain_config=args.pretrain_config,
+        )
+        result = fine_tune(
+            config,
+            args.output,
+            pretrained=args.init,
+            pretrain_dataset=args.pretrain_dataset,
+            tracking_uri=args.tracking_uri,
+            config_file=args.config,
+        )
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_result(args.output, result)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0

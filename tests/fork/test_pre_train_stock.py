@@ -42,6 +42,7 @@ def test_stock_sasrec_trains_logs_and_checkpoints(
     ]
     assert pre_train_main(argv) == 0
     result = json.loads(capsys.readouterr().out)
+    assert json.loads((ckpt.parent / "sasrec.metrics.json").read_text()) == result
     assert 0.0 <= result["best_test_ndcg@10"] <= 1.0
     assert result["params_total"] == result["params_embedding"] + result["params_non_embedding"]
 
