@@ -1,0 +1,179 @@
+"""Steps `train_sentence_piece` and `tokenize_metadata` over the partitioned 2018 metadata.
+
+`items.parquet` (sorted by asin, one row per asin, first record wins) holds each item's
+pieces: title (first 40), brand (first 8), the first three category levels as cleaned
+tokens, and `usable` = the item has title or brand pieces. Items that are not usable are
+dropped from pre-training; fine-tuning sets look for other text instead.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from etl.engine import map_tasks
+from etl.hashing import sample_keys
+from etl.manifest import write_parquet_atomic
+from etl.text import (
+    BRAND_PIECES,
+    TITLE_PIECES,
+    Tokenizer,
+    clean_text,
+    clean_token,
+    train_sentencepiece,
+    words,
+)
+
+CATEGORY_COLUMNS = ("category_l1", "category_l2", "category_l3")
+
+
+def first_per_key(table: pa.Table, key: str) -> pa.Table:
+    """Keep the first row (smallest `order`) of each `key` value; rows stay in `order`."""
+    if table.num_rows == 0:
+        return table
+    table = table.take(pc.sort_indices(table, sort_keys=[("order", "ascending")]))
+    codes = pc.dictionary_encode(table.column(key).combine_chunks()).indices.to_numpy()
+    _, first = np.unique(codes, return_index=True)
+    return table.take(pa.array(np.sort(first)))
+
+
+def load_metadata(work_dir: Path) -> pa.Table:
+    """All metadata records of `work_dir/meta`, de-duplicated by asin, in input order."""
+    files = sorted((work_dir / "meta").glob("chunk-*.parquet"))
+    return first_per_key(pa.concat_tables([pq.read_table(f) for f in files]), "asin")
+
+
+def training_sentences(meta: pa.Table, max_items: int, seed: int) -> list[str]:
+    """Normalised title, brand and category sentences of up to `max_items` items, in input order.
+
+    Above `max_items`, the items with the smallest seeded hash of their asin are kept,
+    so the choice does not depend on file order or workers.
+    """
+    if meta.num_rows > max_items:
+        keys = sample_keys(meta.column("asin"), seed)
+        chosen = np.sort(np.argsort(keys, kind="stable")[:max_items])
+        meta = meta.take(pa.array(chosen))
+    columns = ["title", "brand", *CATEGORY_COLUMNS]
+    values = [meta.column(c).to_pylist() for c in columns]
+    sentences = []
+    for row in zip(*values):
+        for text in row:
+            sentence = words(clean_text(text))
+            if sentence:
+                sentences.append(sentence)
+    return sentences
+
+
+def train_sentence_piece(
+    work_dir: Path, model_path: Path, *, vocab_size: int, max_items: int, seed: int
+) -> dict:
+    """Train the one SentencePiece model of the project on the pre-training catalog's text.
+
+    Returns:
+        summary dict: items and sentences used, vocabulary size reached.
+    """
+    meta = load_metadata(work_dir)
+    sentences = training_sentences(meta, max_items, seed)
+    train_sentencepiece(sentences, model_path, vocab_size=vocab_size)
+    vocab = Tokenizer(model_path).processor.get_piece_size()
+    return {
+        "counts": [
+            {
+                "stage": "metadata items (distinct asins)",
+                "users": None,
+                "items": meta.num_rows,
+                "interactions": None,
+            }
+        ],
+        "sentences": len(sentences),
+        "vocab_size_reached": vocab,
+    }
+
+
+def tokenize_table(meta: pa.Table, tokenizer: Tokenizer) -> pa.Table:
+    """Raw (asin, title, brand, category_l1..l3[, order]) -> pieces and cleaned tokens + `usable`."""
+    title = tokenizer.pieces(meta.column("title").to_pylist(), TITLE_PIECES)
+    brand = tokenizer.pieces(meta.column("brand").to_pylist(), BRAND_PIECES)
+    out = {
+        "asin": meta.column("asin"),
+        "title": pa.array(title, pa.string()),
+        "brand": pa.array(brand, pa.string()),
+    }
+    for c in CATEGORY_COLUMNS:
+        out[c] = pa.array([clean_token(v) for v in meta.column(c).to_pylist()], pa.string())
+    if "order" in meta.column_names:
+        out["order"] = meta.column("order")
+    out["usable"] = pa.array([bool(t or b) for t, b in zip(title, brand)], pa.bool_())
+    return pa.table(out)
+
+
+@dataclass(frozen=True)
+class _TokenizeTask:
+    in_path: str
+    model_path: str
+    out_path: str
+
+
+def _tokenize_task(task: _TokenizeTask) -> int:
+    table = tokenize_table(pq.read_table(task.in_path), Tokenizer(Path(task.model_path)))
+    pq.write_table(table, task.out_path)
+    return table.num_rows
+
+
+def tokenize_metadata(
+    work_dir: Path,
+    model_path: Path,
+    *,
+    workers: int = 1,
+    engine: str = "multiprocess",
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Tokenise every metadata chunk in parallel, then write `work_dir/items.parquet`.
+
+    Returns:
+        summary dict with `counts`: distinct items, usable items.
+    """
+    files = sorted((work_dir / "meta").glob("chunk-*.parquet"))
+    with tempfile.TemporaryDirectory(prefix=".tokenized.", suffix=".tmp", dir=work_dir) as tmp_name:
+        tmp = Path(tmp_name)
+        tasks = [_TokenizeTask(str(f), str(model_path), str(tmp / f.name)) for f in files]
+        map_tasks(
+            _tokenize_task,
+            tasks,
+            workers=workers,
+            engine=engine,
+            ray_address=ray_address,
+            desc="tokenize metadata",
+            progress=progress,
+        )
+        table = first_per_key(
+            pa.concat_tables([pq.read_table(tmp / f.name) for f in files]), "asin"
+        )
+    table = table.take(pc.sort_indices(table, sort_keys=[("asin", "ascending")])).drop_columns(
+        ["order"]
+    )
+    write_parquet_atomic(table, work_dir / "items.parquet")
+    usable = int(pc.sum(table.column("usable")).as_py() or 0)
+    return {
+        "counts": [
+            {
+                "stage": "metadata items (distinct asins)",
+                "users": None,
+                "items": table.num_rows,
+                "interactions": None,
+            },
+            {
+                "stage": "items with usable text (title or brand)",
+                "users": None,
+                "items": usable,
+                "interactions": None,
+            },
+        ]
+    }

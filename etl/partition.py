@@ -1,0 +1,260 @@
+"""Step `partition_big_files`: raw ratings and metadata into Parquet parts.
+
+Ratings are split by a stable hash of the user id into `n_parts` parts, so every later
+step is a map over parts and a user's whole history lives in one part. Each input chunk
+writes one piece per part (`ratings/part-PPPP/chunk-CCCCCC.parquet`); metadata chunks are
+kept whole (`meta/chunk-CCCCCC.parquet`) and de-duplicated by asin when tokenised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.engine import map_tasks
+from etl.errors import EtlError
+from etl.hashing import partition_of
+from etl.manifest import staging_dir
+from etl.readers import (
+    CHUNK_BYTES,
+    BadRows,
+    Chunk,
+    Parser,
+    is_gzip,
+    iter_blocks,
+    parse_meta_2018_lines,
+    parse_ratings_csv,
+    parse_review_lines,
+    plan_chunks,
+    read_block,
+    read_chunk,
+    sniff_json_lines,
+)
+
+ALL_RATINGS = "all_csv_files.csv"
+ALL_META = "All_Amazon_Meta.json"
+
+
+def _with_gz(raw_dir: Path, pattern: str) -> list[Path]:
+    return sorted(set(raw_dir.glob(pattern)) | set(raw_dir.glob(pattern + ".gz")))
+
+
+def ratings_sources(raw_dir: Path) -> tuple[str, list[Path]]:
+    """The 2018 ratings inputs in RAW and their kind ('csv' or 'reviews').
+
+    Preference: `all_csv_files.csv`, else every `<Category>.csv`, else the 2018 review
+    files `<Category>.json.gz` (a `<Category>_5` file is skipped when the full one is there).
+    2014 files (`reviews_*`) and metadata (`meta_*`) are never ratings inputs.
+    """
+    whole = _with_gz(raw_dir, ALL_RATINGS)
+    if whole:
+        return "csv", whole[:1]
+    csvs = _with_gz(raw_dir, "*.csv")
+    if csvs:
+        return "csv", csvs
+    reviews = [
+        p
+        for p in _with_gz(raw_dir, "*.json")
+        if not p.name.startswith(("meta_", "reviews_", "All_Amazon_Meta"))
+    ]
+    stems = {p.name.split(".json")[0] for p in reviews}
+    reviews = [
+        p
+        for p in reviews
+        if not (p.name.split(".json")[0].endswith("_5") and p.name.split(".json")[0][:-2] in stems)
+    ]
+    return "reviews", reviews
+
+
+def metadata_sources(raw_dir: Path) -> list[Path]:
+    """The 2018 metadata inputs in RAW: `All_Amazon_Meta.json`, else strict-JSON `meta_*.json`.
+
+    2014 metadata files share the `meta_<Category>` name pattern but hold Python literals;
+    they are told apart by their first line and left to the fine-tuning step.
+    """
+    whole = _with_gz(raw_dir, ALL_META)
+    if whole:
+        return whole[:1]
+    return [p for p in _with_gz(raw_dir, "meta_*.json") if sniff_json_lines(p)]
+
+
+@dataclass(frozen=True)
+class _Work:
+    """One unit of parsing: a byte range of a plain file, or a block of a gzip file's lines."""
+
+    index: int  # fixes the `order` of the rows (see readers)
+    label: str  # file name, for bad-row counts
+    chunk: Chunk | None = None
+    data: bytes | None = None
+
+
+def iter_work(paths: list[Path], chunk_bytes: int) -> Iterator[_Work]:
+    """Units of work over `paths` in file order; gzip files are decompressed here, lazily.
+
+    Raises:
+        EtlError: a truncated or unreadable file (raised while iterating).
+    """
+    index = 0
+    for chunk in plan_chunks(paths, chunk_bytes):
+        label = Path(chunk.path).name
+        if is_gzip(Path(chunk.path)):
+            for block in iter_blocks(chunk):
+                yield _Work(index, label, data=block)
+                index += 1
+        else:
+            yield _Work(index, label, chunk=Chunk(chunk.path, index, chunk.start, chunk.end))
+            index += 1
+
+
+def count_work(paths: list[Path], chunk_bytes: int) -> int | None:
+    """Units `iter_work` will yield, when known without decompressing (no gzip input)."""
+    if any(is_gzip(p) for p in paths):
+        return None
+    return len(plan_chunks(paths, chunk_bytes))
+
+
+def _parse(work: _Work, parser: Parser, bad: BadRows) -> pa.Table:
+    if work.data is not None:
+        return read_block(work.data, work.index, parser, work.label, bad)
+    assert work.chunk is not None
+    return read_chunk(work.chunk, parser, bad)
+
+
+@dataclass(frozen=True)
+class _RatingsTask:
+    work: _Work
+    kind: str
+    n_parts: int
+    out_dir: str
+
+
+@dataclass(frozen=True)
+class _MetaTask:
+    work: _Work
+    out_dir: str
+
+
+def _ratings_task(task: _RatingsTask) -> tuple[int, BadRows]:
+    bad = BadRows()
+    parser = parse_ratings_csv if task.kind == "csv" else parse_review_lines
+    table = _parse(task.work, parser, bad)  # user, item, rating, timestamp, order
+    if table.num_rows == 0:
+        return 0, bad
+    part = partition_of(table.column("user"), task.n_parts)  # [N]
+    perm = np.argsort(part.astype(np.int16), kind="stable")  # radix sort for small ints
+    table = table.take(pa.array(perm))
+    bounds = np.searchsorted(part[perm], np.arange(task.n_parts + 1))
+    for p in range(task.n_parts):
+        lo, hi = int(bounds[p]), int(bounds[p + 1])
+        if hi > lo:
+            path = Path(task.out_dir) / f"part-{p:04d}" / f"chunk-{task.work.index:06d}.parquet"
+            # Intermediate pieces favour speed (about 2x faster to write than the defaults):
+            # no compression, no dictionary pages, no statistics.
+            pq.write_table(
+                table.slice(lo, hi - lo),
+                path,
+                compression="none",
+                use_dictionary=False,
+                write_statistics=False,
+            )
+    return table.num_rows, bad
+
+
+def _meta_task(task: _MetaTask) -> tuple[int, BadRows]:
+    bad = BadRows()
+    table = _parse(task.work, parse_meta_2018_lines, bad)
+    pq.write_table(table, Path(task.out_dir) / f"chunk-{task.work.index:06d}.parquet")
+    return table.num_rows, bad
+
+
+def partition_big_files(
+    raw_dir: Path,
+    work_dir: Path,
+    *,
+    n_parts: int = 16,
+    chunk_bytes: int = CHUNK_BYTES,
+    workers: int = 1,
+    engine: str = "multiprocess",
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Split the ratings into `work_dir/ratings/part-*` by user hash and metadata into `work_dir/meta`.
+
+    Returns:
+        summary dict: `counts` (rows read), `bad_rows` per file and reason, `inputs`.
+
+    Raises:
+        EtlError: no ratings or metadata input in RAW, or an unreadable/truncated file.
+    """
+    kind, rating_files = ratings_sources(raw_dir)
+    meta_files = metadata_sources(raw_dir)
+    if not rating_files:
+        raise EtlError(
+            f"no 2018 ratings in {raw_dir}: place all_csv_files.csv (or <Category>.csv) there, "
+            "or run --step download_raw_files"
+        )
+    if not meta_files:
+        raise EtlError(
+            f"no 2018 metadata in {raw_dir}: place All_Amazon_Meta.json.gz (or "
+            "meta_<Category>.json.gz) there, or run --step download_raw_files"
+        )
+    if n_parts < 1:
+        raise ValueError(f"n_parts={n_parts}; pass --partitions 1 or more")
+    bad = BadRows()
+    with staging_dir(work_dir / "ratings") as tmp:
+        for p in range(n_parts):
+            (tmp / f"part-{p:04d}").mkdir()
+        tasks = (
+            _RatingsTask(w, kind, n_parts, str(tmp)) for w in iter_work(rating_files, chunk_bytes)
+        )
+        results = map_tasks(
+            _ratings_task,
+            tasks,
+            workers=workers,
+            engine=engine,
+            ray_address=ray_address,
+            desc="partition ratings",
+            progress=progress,
+            total=count_work(rating_files, chunk_bytes),
+        )
+        rating_rows = sum(n for n, _ in results)
+        for _, b in results:
+            bad.merge(b)
+    with staging_dir(work_dir / "meta") as tmp:
+        tasks = (_MetaTask(w, str(tmp)) for w in iter_work(meta_files, chunk_bytes))
+        results = map_tasks(
+            _meta_task,
+            tasks,
+            workers=workers,
+            engine=engine,
+            ray_address=ray_address,
+            desc="partition metadata",
+            progress=progress,
+            total=count_work(meta_files, chunk_bytes),
+        )
+        meta_rows = sum(n for n, _ in results)
+        for _, b in results:
+            bad.merge(b)
+    return {
+        "counts": [
+            {
+                "stage": "raw ratings rows read",
+                "users": None,
+                "items": None,
+                "interactions": rating_rows,
+            },
+            {
+                "stage": "raw metadata records read",
+                "users": None,
+                "items": meta_rows,
+                "interactions": None,
+            },
+        ],
+        "bad_rows": bad.as_dict(),
+        "ratings_kind": kind,
+    }

@@ -1,0 +1,165 @@
+"""De-duplication and history order, and step `post_process_ratings` (the pre-training pool).
+
+Filters, in order, each counted: (user, item) duplicates -> items without usable metadata
+-> users of the Beauty/Sports 5-core files -> users with fewer than 5 ratings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from etl.engine import map_tasks
+from etl.hashing import stable_hash64
+from etl.manifest import staging_dir
+from etl.readers import RATINGS_SCHEMA
+
+MIN_USER_RATINGS = 5
+
+
+def _sorted_codes(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Integer codes of a string column whose order is the strings' order (int64 [N])."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = pc.dictionary_encode(column)
+    dictionary_rank = np.empty(len(encoded.dictionary), dtype=np.int64)
+    dictionary_rank[pc.array_sort_indices(encoded.dictionary).to_numpy()] = np.arange(
+        len(encoded.dictionary)
+    )
+    return dictionary_rank[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def dedup_and_order(table: pa.Table) -> tuple[pa.Table, int]:
+    """Keep the earliest row of each (user, item) pair and order each user's history.
+
+    Earliest = smallest timestamp, ties broken by input order (`order`). Rows come out
+    grouped by user (users in string order), each history by (timestamp, input order): a
+    stable sort, so ties keep the order of the input file.
+
+    Args:
+        table: columns user, item, rating, timestamp, order.
+
+    Returns:
+        (the de-duplicated, ordered table, the number of duplicate rows dropped).
+    """
+    if table.num_rows == 0:
+        return table, 0
+    user = _sorted_codes(table.column("user"))  # [N]
+    item = _sorted_codes(table.column("item"))  # [N]
+    ts = table.column("timestamp").to_numpy()
+    order = table.column("order").to_numpy()
+    perm = np.lexsort((order, ts, item, user))  # pairs together, earliest first
+    first = np.ones(len(perm), dtype=bool)
+    first[1:] = (user[perm][1:] != user[perm][:-1]) | (item[perm][1:] != item[perm][:-1])
+    kept = perm[first]
+    kept = kept[np.lexsort((order[kept], ts[kept], user[kept]))]  # history order per user
+    return table.take(pa.array(kept)), int(len(perm) - len(kept))
+
+
+def _stage(table: pa.Table) -> tuple[int, int, np.ndarray]:
+    """(rows, distinct users, distinct item hashes) of a table, for the counting table."""
+    users = pc.count_distinct(table.column("user")).as_py() if table.num_rows else 0
+    items = (
+        np.unique(stable_hash64(table.column("item"))) if table.num_rows else np.zeros(0, np.uint64)
+    )
+    return table.num_rows, users, items
+
+
+@dataclass(frozen=True)
+class _PoolTask:
+    part_dir: str
+    items_path: str
+    excluded_users: pa.Array
+    out_path: str
+
+
+STAGES = (
+    "ratings after bad rows",
+    "after de-duplicating (user, item)",
+    "after dropping items without metadata",
+    "after removing Beauty/Sports users",
+    f"after keeping users with >= {MIN_USER_RATINGS} ratings",
+)
+
+
+def _pool_task(task: _PoolTask) -> list[tuple[int, int, np.ndarray]]:
+    files = sorted(Path(task.part_dir).glob("*.parquet"))
+    tables = [pq.read_table(f) for f in files]
+    table = pa.concat_tables(tables) if tables else RATINGS_SCHEMA.empty_table()
+    stages = [_stage(table)]
+    table, _ = dedup_and_order(table)
+    stages.append(_stage(table))
+    # Look up only this part's items, scanning items.parquet batch by batch: a worker never
+    # holds the whole catalog (15M asins on the full data).
+    part_items = pc.unique(table.column("item"))
+    usable = ds.dataset(task.items_path, format="parquet").to_table(
+        columns=["asin"], filter=pc.field("asin").isin(part_items) & pc.field("usable")
+    )
+    table = table.filter(pc.is_in(table.column("item"), value_set=usable.column("asin")))
+    stages.append(_stage(table))
+    if len(task.excluded_users):
+        table = table.filter(
+            pc.invert(pc.is_in(table.column("user"), value_set=task.excluded_users))
+        )
+    stages.append(_stage(table))
+    if table.num_rows:
+        # Rows are grouped by user: run lengths give each row's user count.
+        user = _sorted_codes(table.column("user"))
+        counts = np.bincount(user)
+        table = table.filter(pa.array(counts[user] >= MIN_USER_RATINGS))
+    stages.append(_stage(table))
+    pq.write_table(table, task.out_path)
+    return stages
+
+
+def post_process_ratings(
+    work_dir: Path,
+    excluded_users: pa.Array,
+    *,
+    workers: int = 1,
+    engine: str = "multiprocess",
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build the pre-training pool `work_dir/pool/part-*.parquet` from the ratings parts.
+
+    Args:
+        work_dir: holds `ratings/part-*` (partition step) and `items.parquet` (tokenise step).
+        excluded_users: reviewerIDs of the fine-tuning 5-core files (string array).
+
+    Returns:
+        summary dict with `counts`: rows, users and items after every filter.
+    """
+    part_dirs = sorted((work_dir / "ratings").glob("part-*"))
+    with staging_dir(work_dir / "pool") as tmp:
+        tasks = [
+            _PoolTask(
+                str(d),
+                str(work_dir / "items.parquet"),
+                excluded_users,
+                str(tmp / f"{d.name}.parquet"),
+            )
+            for d in part_dirs
+        ]
+        results = map_tasks(
+            _pool_task,
+            tasks,
+            workers=workers,
+            engine=engine,
+            ray_address=ray_address,
+            desc="post-process ratings",
+            progress=progress,
+        )
+    counts = []
+    for i, stage in enumerate(STAGES):
+        rows = sum(r[i][0] for r in results)
+        users = sum(r[i][1] for r in results)  # users never span parts
+        items = len(np.unique(np.concatenate([r[i][2] for r in results]))) if results else 0
+        counts.append({"stage": stage, "users": users, "items": items, "interactions": rows})
+    return {"counts": counts, "excluded_users": len(excluded_users)}

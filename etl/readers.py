@@ -1,0 +1,600 @@
+"""Readers for the Amazon raw files: ratings CSV, JSON lines, 2014 Python-literal lines.
+
+Every reader works on one *chunk* of one file (a byte range of a plain file, or a whole
+gzip file, which cannot be split), so the steps can map them over a worker pool. Bad rows
+are skipped and counted in a `BadRows` per file and reason; a file that cannot be read at
+all (truncated gzip, unreadable) raises `EtlError` naming it.
+
+Row order: each good row gets `order = (chunk index << 32) | row index in the chunk`, so
+sorting by `order` gives the order of the input files, whatever the number of workers.
+A gzip file cannot be split by byte range; the parent decompresses it and hands out its
+blocks of whole lines instead (`read_block`), each numbered like a chunk.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+
+from etl.errors import EtlError
+
+CHUNK_BYTES = 64 << 20  # a plain file is split into byte ranges of about this size
+BLOCK_BYTES = 16 << 20  # bytes parsed at once inside a chunk (bounds memory per worker)
+
+# Reasons a row is skipped (the keys of BadRows.counts[file]).
+WRONG_COLUMN_COUNT = "wrong_column_count"
+NON_UTF8 = "non_utf8"
+MISSING_FIELD = "missing_field"
+BAD_ID = "bad_id"  # an id holding a double quote, tab or line break (breaks the atomic files)
+BAD_RATING = "bad_rating"
+BAD_TIMESTAMP = "bad_timestamp"
+MALFORMED_JSON = "malformed_json"
+MALFORMED_LITERAL = "malformed_literal"
+
+# RecBole reads atomic files with pandas' default quoting: a field starting with '"' would
+# be read as a quoted field, so ids must not hold quotes (nor tabs or line breaks).
+_ID_FORBIDDEN = ('"', "\t", "\n", "\r")
+_FLOAT_RE = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
+_INT_RE = r"^[0-9]+$"
+
+RATINGS_SCHEMA = pa.schema(
+    [
+        ("user", pa.string()),
+        ("item", pa.string()),
+        ("rating", pa.float64()),
+        ("timestamp", pa.int64()),
+        ("order", pa.int64()),
+    ]
+)
+META_SCHEMA = pa.schema(
+    [
+        ("asin", pa.string()),
+        ("title", pa.string()),
+        ("brand", pa.string()),
+        ("category_l1", pa.string()),
+        ("category_l2", pa.string()),
+        ("category_l3", pa.string()),
+        ("order", pa.int64()),
+    ]
+)
+
+
+@dataclass
+class BadRows:
+    """Skipped rows per file name and reason: `counts[file][reason] = n`."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, file: str, reason: str, n: int = 1) -> None:
+        """Count `n` skipped rows of `file` for `reason`."""
+        if n:
+            per_file = self.counts.setdefault(file, {})
+            per_file[reason] = per_file.get(reason, 0) + n
+
+    def merge(self, other: BadRows) -> BadRows:
+        """Add the counts of `other` into this one; returns self."""
+        for file, reasons in other.counts.items():
+            for reason, n in reasons.items():
+                self.add(file, reason, n)
+        return self
+
+    def total(self) -> int:
+        """All skipped rows."""
+        return sum(n for reasons in self.counts.values() for n in reasons.values())
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        """Plain sorted dict for manifests and summaries."""
+        return {f: dict(sorted(r.items())) for f, r in sorted(self.counts.items())}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of one input file: bytes [start, end) of a plain file, or a whole gzip file."""
+
+    path: str
+    index: int  # global chunk index: fixes the `order` of its rows
+    start: int = 0
+    end: int = -1  # -1: to the end (always for gzip)
+
+
+def is_gzip(path: Path) -> bool:
+    """True when the file starts with the gzip magic bytes (whatever its name)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def find_raw_file(raw_dir: Path, name: str) -> Path | None:
+    """`raw_dir/name` or `raw_dir/name.gz` (or without `.gz` when `name` has it), if present."""
+    candidates = [name, name + ".gz"]
+    if name.endswith(".gz"):
+        candidates = [name, name[:-3]]
+    for cand in candidates:
+        if (raw_dir / cand).is_file():
+            return raw_dir / cand
+    return None
+
+
+def plan_chunks(paths: list[Path], chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
+    """Split files into chunks at line boundaries; gzip files stay whole.
+
+    Raises:
+        EtlError: a file cannot be opened.
+    """
+    chunks: list[Chunk] = []
+    for path in paths:
+        try:
+            if is_gzip(path):
+                chunks.append(Chunk(str(path), len(chunks)))
+                continue
+            size = path.stat().st_size
+            bounds = [0]
+            with open(path, "rb") as f:
+                pos = chunk_bytes
+                while pos < size:
+                    f.seek(pos)
+                    f.readline()  # the line holding `pos` belongs to the previous chunk
+                    bound = f.tell()
+                    if bound >= size:
+                        break
+                    if bound > bounds[-1]:
+                        bounds.append(bound)
+                    pos = bound + chunk_bytes
+        except OSError as exc:
+            raise EtlError(f"cannot read {path}: {exc.strerror or exc}; check the file") from exc
+        bounds.append(size)
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            chunks.append(Chunk(str(path), len(chunks), start, end))
+    return chunks
+
+
+def iter_blocks(chunk: Chunk, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
+    """Yield the chunk's bytes in blocks that end at a line boundary.
+
+    Raises:
+        EtlError: truncated or corrupt gzip, or an unreadable file.
+    """
+    path = Path(chunk.path)
+    try:
+        compressed = is_gzip(path)
+        opener = gzip.open if compressed else open
+        with opener(path, "rb") as stream:
+            remaining = -1
+            if not compressed:
+                stream.seek(chunk.start)
+                remaining = chunk.end - chunk.start if chunk.end >= 0 else -1
+            carry = b""
+            while remaining != 0:
+                want = block_bytes if remaining < 0 else min(block_bytes, remaining)
+                data = stream.read(want)
+                if not data:
+                    break
+                if remaining > 0:
+                    remaining -= len(data)
+                data = carry + data
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = data
+                    continue
+                carry = data[cut:]
+                yield data[:cut]
+            if carry:
+                yield carry
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise EtlError(
+            f"{path}: truncated or corrupt gzip ({exc}); download it again or replace it"
+        ) from exc
+    except OSError as exc:
+        raise EtlError(f"cannot read {path}: {exc}; check the file") from exc
+
+
+def _valid_utf8(column: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Binary column -> (string column with bad rows as '', bool mask [N] of valid UTF-8)."""
+    try:
+        return column.cast(pa.string()), np.ones(len(column), dtype=bool)
+    except pa.ArrowInvalid:
+        # Rare: decode row by row only for a block that holds invalid bytes.
+        ok = np.ones(len(column), dtype=bool)
+        values = []
+        for i, raw in enumerate(column.to_pylist()):
+            try:
+                values.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                ok[i] = False
+                values.append("")
+        return pa.array(values, pa.string()), ok
+
+
+_TYPED = {"item": pa.string(), "user": pa.string(), "rating": pa.float64(), "timestamp": pa.int64()}
+
+
+def _bad_id(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """True where an id holds a character that would break a RecBole atomic file (CSV ids)."""
+    # In a comma-separated line only '"' and a tab can occur; line breaks cannot.
+    return pc.or_(pc.match_substring(column, '"'), pc.match_substring(column, "\t"))
+
+
+def _id_ok(value: str) -> bool:
+    return not any(ch in value for ch in _ID_FORBIDDEN)
+
+
+def _ratings_csv_fast(block: bytes) -> pa.Table | None:
+    """Typed C++ parse of a clean block; None when any row is bad (the slow path counts it)."""
+    bad_shape = False
+
+    def on_invalid(_row: Any) -> str:
+        nonlocal bad_shape
+        bad_shape = True
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(block),
+            read_options=pacsv.ReadOptions(
+                column_names=list(_TYPED), use_threads=False, block_size=len(block) + 1
+            ),
+            parse_options=pacsv.ParseOptions(quote_char=False, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(column_types=_TYPED, strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid:  # a non-numeric value or invalid UTF-8
+        return None
+    if bad_shape or any(table.column(c).null_count for c in ("rating", "timestamp")):
+        return None
+    empty_id = pc.or_(
+        pc.equal(pc.binary_length(table.column("item")), 0),
+        pc.equal(pc.binary_length(table.column("user")), 0),
+    )
+    negative = pc.less(table.column("timestamp"), 0)
+    bad_id = pc.or_(_bad_id(table.column("item")), _bad_id(table.column("user")))
+    if (
+        pc.any(pc.or_(pc.or_(empty_id, negative), bad_id)).as_py()
+        or not pc.all(pc.is_finite(table.column("rating"))).as_py()
+    ):
+        return None
+    return table.select(["user", "item", "rating", "timestamp"])
+
+
+def parse_ratings_csv(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
+    """Parse `item,user,rating,timestamp` lines (no header) into (user, item, rating, timestamp).
+
+    Bad rows (wrong column count, non-UTF-8, empty id, non-numeric rating or timestamp) are
+    skipped and counted in `bad` under `file_label`. The returned table has no `order` yet.
+    """
+
+    def on_invalid(_row: Any) -> str:
+        bad.add(file_label, WRONG_COLUMN_COUNT)
+        return "skip"
+
+    names = ["item", "user", "rating", "timestamp"]
+    if not block or block.isspace():
+        return RATINGS_SCHEMA.remove(RATINGS_SCHEMA.get_field_index("order")).empty_table()
+    fast = _ratings_csv_fast(block)
+    if fast is not None:
+        return fast
+    table = pacsv.read_csv(
+        pa.py_buffer(block),
+        read_options=pacsv.ReadOptions(
+            column_names=names, use_threads=False, block_size=max(len(block), 1 << 20) + 1
+        ),
+        # No quoting in these files; a stray quote must not swallow the following lines.
+        parse_options=pacsv.ParseOptions(quote_char=False, invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in names}),
+    )
+    n = table.num_rows
+    keep = np.ones(n, dtype=bool)
+    cols: dict[str, pa.Array] = {}
+    utf8_ok = np.ones(n, dtype=bool)
+    for name in names:
+        col, ok = _valid_utf8(table.column(name).combine_chunks())
+        cols[name] = col
+        utf8_ok &= ok
+    bad.add(file_label, NON_UTF8, int((~utf8_ok).sum()))
+    keep &= utf8_ok
+    missing = np.zeros(n, dtype=bool)
+    for name in ("item", "user"):
+        missing |= pc.equal(pc.utf8_length(cols[name]), 0).to_numpy(zero_copy_only=False)
+    bad.add(file_label, MISSING_FIELD, int((missing & keep).sum()))
+    keep &= ~missing
+    bad_id = np.zeros(n, dtype=bool)
+    for name in ("item", "user"):
+        bad_id |= _bad_id(cols[name]).to_numpy(zero_copy_only=False)
+    bad.add(file_label, BAD_ID, int((bad_id & keep).sum()))
+    keep &= ~bad_id
+    rating, rating_ok = _to_number(cols["rating"], pa.float64(), _FLOAT_RE)
+    bad.add(file_label, BAD_RATING, int((~rating_ok & keep).sum()))
+    keep &= rating_ok
+    stamp, ts_ok = _to_number(cols["timestamp"], pa.int64(), _INT_RE)
+    bad.add(file_label, BAD_TIMESTAMP, int((~ts_ok & keep).sum()))
+    keep &= ts_ok
+    table = pa.table(
+        {"user": cols["user"], "item": cols["item"], "rating": rating, "timestamp": stamp}
+    )
+    return table if keep.all() else table.filter(pa.array(keep))
+
+
+def _to_number(column: pa.Array, dtype: pa.DataType, pattern: str) -> tuple[pa.Array, np.ndarray]:
+    """Cast strings to numbers: (values, bool mask [N] of valid ones; invalid values are 0)."""
+    try:
+        values = column.cast(dtype)  # fast path: a clean block casts in one call
+        ok = np.ones(len(column), dtype=bool)
+        if pa.types.is_floating(dtype):
+            ok = pc.fill_null(pc.is_finite(values), False).to_numpy(zero_copy_only=False)
+        else:
+            ok = pc.fill_null(pc.greater_equal(values, 0), False).to_numpy(zero_copy_only=False)
+        return values, ok
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    ok = pc.match_substring_regex(column, pattern).to_numpy(zero_copy_only=False)
+    cleaned = pc.if_else(pa.array(ok), column, pa.scalar("0"))
+    return cleaned.cast(dtype), ok
+
+
+def _split_lines(block: bytes) -> list[bytes]:
+    lines = block.split(b"\n")
+    return [line for line in lines if line.strip()]
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number or numeric string as float; None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def parse_review_lines(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
+    """Parse review JSON lines (2014 or 2018) into (user, item, rating, timestamp).
+
+    Uses `reviewerID`, `asin`, `overall`, `unixReviewTime`; other fields are ignored.
+    """
+    users: list[str] = []
+    items: list[str] = []
+    ratings: list[float] = []
+    stamps: list[int] = []
+    for line in _split_lines(block):
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.add(file_label, NON_UTF8)
+                continue
+            bad.add(file_label, MALFORMED_JSON)
+            continue
+        if not isinstance(rec, dict):
+            bad.add(file_label, MALFORMED_JSON)
+            continue
+        user, item = rec.get("reviewerID"), rec.get("asin")
+        if not isinstance(user, str) or not isinstance(item, str) or not user or not item:
+            bad.add(file_label, MISSING_FIELD)
+            continue
+        if not (_id_ok(user) and _id_ok(item)):
+            bad.add(file_label, BAD_ID)
+            continue
+        if "overall" not in rec or "unixReviewTime" not in rec:
+            bad.add(file_label, MISSING_FIELD)
+            continue
+        rating = _number(rec["overall"])
+        if rating is None:
+            bad.add(file_label, BAD_RATING)
+            continue
+        stamp = _number(rec["unixReviewTime"])
+        if stamp is None or stamp < 0 or stamp != int(stamp):
+            bad.add(file_label, BAD_TIMESTAMP)
+            continue
+        users.append(user)
+        items.append(item)
+        ratings.append(rating)
+        stamps.append(int(stamp))
+    return pa.table(
+        {
+            "user": pa.array(users, pa.string()),
+            "item": pa.array(items, pa.string()),
+            "rating": pa.array(ratings, pa.float64()),
+            "timestamp": pa.array(stamps, pa.int64()),
+        }
+    )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _meta_row(asin: Any, title: Any, brand: Any, categories: Any) -> tuple | None:
+    if not isinstance(asin, str) or not asin or not _id_ok(asin):
+        return None
+    cats = [c for c in categories if isinstance(c, str)] if isinstance(categories, list) else []
+    cats = (cats + ["", "", ""])[:3]
+    return (asin, _text(title), _text(brand), *cats)
+
+
+def _meta_table(rows: list[tuple]) -> pa.Table:
+    names = [f.name for f in META_SCHEMA][:-1]
+    return pa.table({n: pa.array([r[i] for r in rows], pa.string()) for i, n in enumerate(names)})
+
+
+_META_JSON_SCHEMA = pa.schema(
+    [
+        ("asin", pa.string()),
+        ("title", pa.string()),
+        ("brand", pa.string()),
+        ("category", pa.list_(pa.string())),
+    ]
+)
+
+
+def _any_forbidden(column: pa.Array) -> pa.Array:
+    mask = pc.match_substring(column, _ID_FORBIDDEN[0])
+    for ch in _ID_FORBIDDEN[1:]:
+        mask = pc.or_(mask, pc.match_substring(column, ch))
+    return mask
+
+
+def _meta_2018_fast(block: bytes) -> pa.Table:
+    """Columnar parse of a clean block with pyarrow's JSON reader (raises on any bad line)."""
+    table = pajson.read_json(
+        pa.py_buffer(block),
+        read_options=pajson.ReadOptions(use_threads=False, block_size=len(block) + 1),
+        parse_options=pajson.ParseOptions(
+            explicit_schema=_META_JSON_SCHEMA, unexpected_field_behavior="ignore"
+        ),
+    )
+    asin = table.column("asin").combine_chunks()
+    if asin.null_count or pc.any(pc.equal(pc.utf8_length(asin), 0)).as_py():
+        raise ValueError("a record without asin")  # the slow path counts it
+    if not all(_id_ok(a) for a in pc.unique(pc.filter(asin, _any_forbidden(asin))).to_pylist()):
+        raise ValueError("an asin with a forbidden character")
+    category = table.column("category").combine_chunks()
+    out = {
+        "asin": asin,
+        "title": pc.fill_null(table.column("title").combine_chunks(), ""),
+        "brand": pc.fill_null(table.column("brand").combine_chunks(), ""),
+    }
+    for level in range(3):
+        # [N, 1] fixed-size slices, padded with nulls where the path is shorter.
+        sliced = pc.list_slice(category, level, level + 1, return_fixed_size_list=True)
+        out[f"category_l{level + 1}"] = pc.fill_null(pc.list_flatten(sliced), "")
+    return pa.table(out)
+
+
+def parse_meta_2018_lines(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
+    """Parse 2018 metadata JSON lines into (asin, title, brand, category_l1..l3), raw text.
+
+    `category` is root first; the first three levels are kept. Duplicated asins are kept
+    here (de-duplicated later, first occurrence wins). A clean block is parsed by pyarrow
+    in C++; a block with any bad line is parsed line by line to skip and count it.
+    """
+    try:
+        return _meta_2018_fast(block)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+        pass
+    rows: list[tuple] = []
+    for line in _split_lines(block):
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.add(file_label, NON_UTF8)
+                continue
+            bad.add(file_label, MALFORMED_JSON)
+            continue
+        row = (
+            _meta_row(rec.get("asin"), rec.get("title"), rec.get("brand"), rec.get("category"))
+            if isinstance(rec, dict)
+            else None
+        )
+        if row is None:
+            bad.add(file_label, MISSING_FIELD if isinstance(rec, dict) else MALFORMED_JSON)
+            continue
+        rows.append(row)
+    return _meta_table(rows)
+
+
+def parse_meta_2014_lines(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
+    """Parse 2014 metadata lines (Python literals, via `ast.literal_eval`, never `eval`).
+
+    `categories` is a list of category paths; the first path's first three levels are kept.
+    """
+    rows: list[tuple] = []
+    for line in _split_lines(block):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.add(file_label, NON_UTF8)
+            continue
+        try:
+            # Some copies of the 2014 metadata were converted to strict JSON: accept both.
+            rec = orjson.loads(line) if text.startswith('{"') else ast.literal_eval(text)
+        except (orjson.JSONDecodeError, ValueError, SyntaxError, MemoryError, RecursionError):
+            bad.add(file_label, MALFORMED_LITERAL)
+            continue
+        if not isinstance(rec, dict):
+            bad.add(file_label, MALFORMED_LITERAL)
+            continue
+        paths = rec.get("categories")
+        first = paths[0] if isinstance(paths, list) and paths and isinstance(paths[0], list) else []
+        row = _meta_row(rec.get("asin"), rec.get("title"), rec.get("brand"), first)
+        if row is None:
+            bad.add(file_label, MISSING_FIELD)
+            continue
+        rows.append(row)
+    return _meta_table(rows)
+
+
+def sniff_json_lines(path: Path) -> bool:
+    """True when the file's first non-empty line is strict JSON (2018), False for 2014 literals.
+
+    Raises:
+        EtlError: the file cannot be read.
+    """
+    for block in iter_blocks(Chunk(str(path), 0), block_bytes=1 << 16):
+        for line in _split_lines(block):
+            try:
+                orjson.loads(line)
+                return True
+            except orjson.JSONDecodeError:
+                return False
+    return True
+
+
+Parser = Callable[[bytes, str, BadRows], pa.Table]
+
+
+def _with_order(table: pa.Table, index: int) -> pa.Table:
+    order = (np.int64(index) << np.int64(32)) + np.arange(table.num_rows, dtype=np.int64)
+    return table.append_column("order", pa.array(order, pa.int64()))
+
+
+def _empty(parser: Parser) -> pa.Table:
+    schema = (
+        META_SCHEMA if parser in (parse_meta_2018_lines, parse_meta_2014_lines) else RATINGS_SCHEMA
+    )
+    return schema.remove(schema.get_field_index("order")).empty_table()
+
+
+def read_block(data: bytes, index: int, parser: Parser, label: str, bad: BadRows) -> pa.Table:
+    """Parse one block of whole lines that a parent process read, with `order` from `index`."""
+    table = _empty(parser) if not data or data.isspace() else parser(data, label, bad)
+    return _with_order(table, index)
+
+
+def read_chunk(chunk: Chunk, parser: Parser, bad: BadRows) -> pa.Table:
+    """Parse one chunk block by block and add the `order` column (see module docstring)."""
+    label = os.path.basename(chunk.path)
+    tables = [parser(block, label, bad) for block in iter_blocks(chunk)]
+    tables = [t for t in tables if t.num_rows]
+    table = pa.concat_tables(tables) if tables else _empty(parser)
+    return _with_order(table, chunk.index)
+
+
+def read_file(path: Path, parser: Parser, bad: BadRows | None = None) -> pa.Table:
+    """Read a whole file with `parser` in one process (small files, tests).
+
+    Raises:
+        EtlError: the file is missing, unreadable or a truncated gzip.
+    """
+    if not Path(path).is_file():
+        raise EtlError(f"input file not found: {path}; place it there or fix the path")
+    bad = bad if bad is not None else BadRows()
+    return read_chunk(Chunk(str(path), 0), parser, bad)

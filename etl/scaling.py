@@ -1,0 +1,196 @@
+"""Step `build_scaling_datasets`: nested, deterministic samples of whole users.
+
+Each pool user gets a key = seeded stable hash of the user id; users are sorted by
+(key, user id) and a size of N interactions takes the shortest prefix whose interaction
+count reaches N. The sets are therefore nested, and the same seed gives the same users
+whatever the workers, engine, partition count or PYTHONHASHSEED. Rows are written users
+by key, each history by (timestamp, input order).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from etl.atomic_files import write_inter, write_item
+from etl.engine import map_tasks
+from etl.errors import EtlError
+from etl.hashing import sample_keys
+from etl.manifest import staging_dir
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KkMmGg]?)\s*$")
+_UNITS = {"": 1, "K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
+
+
+def parse_size(text: str) -> int:
+    """'100K' -> 100000, '1.5M' -> 1500000, '2000' -> 2000.
+
+    Raises:
+        ValueError: not a positive number with an optional K/M/G suffix.
+    """
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"bad dataset size {text!r}; write sizes like 2K, 100K, 1M or 5000")
+    value = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if value < 1 or value != int(value):
+        raise ValueError(f"bad dataset size {text!r}; it must be a positive whole number")
+    return int(value)
+
+
+def size_label(size: int) -> str:
+    """The dataset name suffix of a size: 100000 -> '100K', 1000000 -> '1M', 1500 -> '1500'."""
+    for unit, factor in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def choose_users(
+    users: pa.Array, counts: np.ndarray, sizes: list[int], seed: int
+) -> tuple[np.ndarray, list[int]]:
+    """Order users by (key, id) and find each size's prefix length.
+
+    Args:
+        users: user ids [U]; counts: their interaction counts int64 [U].
+
+    Returns:
+        (indices of users in sampling order [U], number of users for each size).
+
+    Raises:
+        EtlError: a size exceeds the pool's interactions.
+    """
+    keys = sample_keys(users, seed)  # [U]
+    table = pa.table({"key": pa.array(keys, pa.uint64()), "user": users})
+    perm = pc.sort_indices(
+        table, sort_keys=[("key", "ascending"), ("user", "ascending")]
+    ).to_numpy()
+    cumulative = np.cumsum(counts[perm])  # [U]
+    total = int(cumulative[-1]) if len(cumulative) else 0
+    n_users = []
+    for size in sizes:
+        if size > total:
+            raise EtlError(
+                f"dataset size {size_label(size)} exceeds the pre-training pool of {total} "
+                "interactions; pass smaller --sizes"
+            )
+        n_users.append(int(np.searchsorted(cumulative, size, side="left")) + 1)
+    return perm, n_users
+
+
+def _user_counts_task(path: str) -> tuple[pa.Array, np.ndarray]:
+    users = pq.read_table(path, columns=["user"]).column("user").combine_chunks()
+    encoded = pc.dictionary_encode(users)
+    counts = np.bincount(encoded.indices.to_numpy(), minlength=len(encoded.dictionary))
+    return encoded.dictionary, counts.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _SelectTask:
+    path: str
+    users: pa.Array
+    ranks: np.ndarray
+
+
+def _select_task(task: _SelectTask) -> pa.Table:
+    table = pq.read_table(task.path)
+    index = pc.index_in(table.column("user"), value_set=task.users)
+    keep = pc.is_valid(index)
+    table = table.filter(keep)
+    rank = task.ranks[pc.filter(index, keep).to_numpy()]
+    return table.append_column("rank", pa.array(rank, pa.int64()))
+
+
+def lookup_items(items_path: Path, asins: pa.Array) -> pa.Table:
+    """Rows of `items.parquet` for `asins` (read batch by batch to bound memory), by asin."""
+    dataset = ds.dataset(items_path, format="parquet")
+    table = dataset.to_table(filter=pc.field("asin").isin(asins))
+    return table.take(pc.sort_indices(table, sort_keys=[("asin", "ascending")]))
+
+
+def build_scaling_datasets(
+    work_dir: Path,
+    out_dir: Path,
+    sizes: list[int],
+    *,
+    seed: int,
+    workers: int = 1,
+    engine: str = "multiprocess",
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write `out_dir/amazon-<size>/amazon-<size>.{inter,item}` for every size.
+
+    Returns:
+        summary dict with `counts` (users, items, interactions per dataset) and `datasets`.
+
+    Raises:
+        EtlError: a size exceeds the pool.
+    """
+    sizes = sorted(set(sizes))
+    if not sizes:
+        raise ValueError("no dataset size given; pass --sizes such as 100K,1M")
+    parts = sorted((work_dir / "pool").glob("part-*.parquet"))
+    per_part = map_tasks(
+        _user_counts_task,
+        [str(p) for p in parts],
+        workers=workers,
+        engine=engine,
+        ray_address=ray_address,
+        desc="count users",
+        progress=progress,
+    )
+    users = pa.concat_arrays([u for u, _ in per_part]) if per_part else pa.array([], pa.string())
+    counts = np.concatenate([c for _, c in per_part]) if per_part else np.zeros(0, np.int64)
+    part_of_user = np.repeat(np.arange(len(per_part)), [len(c) for _, c in per_part])
+    perm, n_users = choose_users(users, counts, sizes, seed)
+    selected = perm[: n_users[-1]]  # the largest set; smaller ones are its prefixes
+    rank = np.empty(len(users), dtype=np.int64)
+    rank[selected] = np.arange(len(selected))
+    tasks = []
+    for p, path in enumerate(parts):
+        mine = selected[part_of_user[selected] == p]
+        tasks.append(_SelectTask(str(path), users.take(pa.array(mine)), rank[mine]))
+    rows = map_tasks(
+        _select_task,
+        tasks,
+        workers=workers,
+        engine=engine,
+        ray_address=ray_address,
+        desc="select users",
+        progress=progress,
+    )
+    table = pa.concat_tables(rows)
+    order = np.lexsort(
+        (
+            table.column("order").to_numpy(),
+            table.column("timestamp").to_numpy(),
+            table.column("rank").to_numpy(),
+        )
+    )
+    table = table.take(pa.array(order))
+    row_ends = np.cumsum(counts[selected])  # rows of the first k users = row_ends[k-1]
+    summary_counts, datasets = [], []
+    for size, n in zip(sizes, n_users):
+        name = f"amazon-{size_label(size)}"
+        inter = table.slice(0, int(row_ends[n - 1]))
+        items = lookup_items(work_dir / "items.parquet", pc.unique(inter.column("item")))
+        with staging_dir(out_dir / name) as tmp:
+            write_inter(tmp / f"{name}.inter", inter)
+            write_item(tmp / f"{name}.item", items)
+        summary_counts.append(
+            {
+                "stage": f"{name}",
+                "users": n,
+                "items": items.num_rows,
+                "interactions": inter.num_rows,
+            }
+        )
+        datasets.append(name)
+    return {"counts": summary_counts, "datasets": datasets}
