@@ -87,9 +87,11 @@ def _fine_tune_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "-c", "--config", required=True,
-        help="fine-tuning config (confs/fine_tune/{from_scratch,full,frozen_embeddings,progressive,ewc})",
+        help="fine-tuning config, e.g. confs/fine_tune/full.yaml (extension optional)",
     )  # fmt: skip
-    p.add_argument("-s", "--dataset", required=True, help="target dataset (folder under the data path)")
+    p.add_argument(
+        "-s", "--dataset", required=True, help="target dataset (folder under the data path)"
+    )
     p.add_argument("-o", "--output", required=True, help="fine-tuned checkpoint to write")
     p.add_argument("-l", "--pretrain-dataset", help="pre-training dataset (EWC's Fisher; logged)")
     p.add_argument("-i", "--init", help="pre-trained checkpoint (not needed by from_scratch)")
