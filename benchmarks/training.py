@@ -1,0 +1,329 @@
+"""Training-speed benchmarks of the fork's single-pass training (prints, writes JSON).
+
+Parts (each runs alone; results are merged into ``benchmarks/results/training.json``):
+
+``negatives``
+    Time of one training step (forward, backward, Adam) of a SASRec-sized SASRecX (hidden 64,
+    2 layers, length 50, batch 256, every position supervised) with K shared negatives,
+    K = 1, 128, 1024, 8192. Target: t(K=1024) / t(K=1) <= 1.5. Against it, stock RecBole
+    SASRec with BPR and 100 negatives, which duplicates each row once per negative: its
+    ``calculate_loss`` + backward + Adam on the duplicated rows of a few sequences. Target:
+    the fork trains >= 50x more sequences per second.
+``positions``
+    Wall time for SASRecX (all positions, sampled softmax; ``confs/pre_train/ml-100k-sasrec.yaml``)
+    to reach valid NDCG@10 0.0702 on ml-100k, the best that stock SASRec with CE loss reached
+    there after ~2,480 s of training (REFERENCE section 5). Target: <= 248 s.
+
+Full run (the lead's):   python benchmarks/training.py
+Tiny check (a minute):   python benchmarks/training.py --part negatives --ks 1 128 --batch 32 \
+                             --steps 2 --stock-sequences 2 --n-items 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results" / "training.json"
+REPO = Path(__file__).resolve().parents[1]
+STOCK_CE_SECONDS = 2480.0  # REFERENCE section 5: stock SASRec CE reaches 0.0702 at ~2,480 s
+TARGET_NDCG = 0.0702
+
+
+class _Catalog:
+    """The attributes of a RecBole dataset that model constructors read (no file needed)."""
+
+    dataset_name = "bench"
+    iid_field = "item_id"
+    item_feat = None
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
+        self.hist_items = np.arange(1, n_items)  # uniform popularity
+
+    def num(self, field: str) -> int:
+        return self.n_items
+
+
+def _time_steps(step, n_steps: int, warmup: int = 1) -> float:
+    """Median seconds of ``step()`` over ``n_steps`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(n_steps):
+        start = time.perf_counter()
+        step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _fork_step_time(args, k: int, device: torch.device) -> float:
+    from recbole_fork.config import build_config
+    from recbole_fork.models.sasrec import SASRecX
+
+    config = build_config(
+        {
+            "model": "SASRecX",
+            "dataset": "bench",
+            "num_negatives": k,
+            "shared_negatives": True,
+            "loss_type": "sampled_softmax",
+            "max_seq_length": args.length,
+            "use_gpu": device.type == "cuda",
+        }
+    )
+    torch.manual_seed(0)
+    model = SASRecX(config, _Catalog(args.n_items)).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator(device=device).manual_seed(0)
+    items = torch.randint(
+        1, args.n_items, (args.batch, args.length + 1), generator=gen, device=device
+    )
+    batch = {"item_seq": items[:, :-1], "target": items[:, 1:]}  # every position supervised
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model.training_loss(batch, gen).backward()
+        optimizer.step()
+
+    return _time_steps(step, args.steps)
+
+
+def _stock_step_time(args, device: torch.device) -> tuple[float, int]:
+    """Seconds per step of stock SASRec (BPR) on ``stock_sequences`` x 100 duplicated rows."""
+    from recbole.data.interaction import Interaction
+    from recbole.model.sequential_recommender.sasrec import SASRec
+
+    from recbole_fork.config import build_config
+
+    config = build_config(
+        {
+            "model": "SASRec",
+            "dataset": "bench",
+            "loss_type": "BPR",
+            "train_neg_sample_args": {
+                "distribution": "uniform",
+                "sample_num": args.stock_negatives,
+            },
+            "max_seq_length": args.length,
+            "use_gpu": device.type == "cuda",
+        }
+    )
+    torch.manual_seed(0)
+    model = SASRec(config, _Catalog(args.n_items)).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator(device=device).manual_seed(0)
+    rows = args.stock_sequences * args.stock_negatives  # RecBole: one row per negative
+    seqs = torch.randint(
+        1, args.n_items, (args.stock_sequences, args.length + 1), generator=gen, device=device
+    )
+    seqs = seqs.repeat_interleave(args.stock_negatives, dim=0)  # [rows, L + 1]
+    interaction = Interaction(
+        {
+            model.ITEM_SEQ: seqs[:, :-1],
+            model.ITEM_SEQ_LEN: torch.full((rows,), args.length, device=device),
+            model.POS_ITEM_ID: seqs[:, -1],
+            model.NEG_ITEM_ID: torch.randint(
+                1, args.n_items, (rows,), generator=gen, device=device
+            ),
+        }
+    )
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model.calculate_loss(interaction).backward()
+        optimizer.step()
+
+    return _time_steps(step, args.steps), rows
+
+
+def part_negatives(args, device: torch.device) -> dict[str, Any]:
+    """Step time against K, and sequences per second against stock RecBole."""
+    out: dict[str, Any] = {
+        "batch": args.batch,
+        "length": args.length,
+        "n_items": args.n_items,
+        "hidden_size": 64,
+        "n_layers": 2,
+        "step_s": {},
+    }
+    for k in args.ks:
+        if k > args.n_items - 1:
+            print(f"skip K={k}: larger than the catalog ({args.n_items - 1} items)")
+            continue
+        t = _fork_step_time(args, k, device)
+        out["step_s"][str(k)] = t
+        print(f"fork  K={k:>5}: {t * 1000:8.1f} ms/step, {args.batch / t:8.1f} sequences/s")
+    steps = out["step_s"]
+    if "1" in steps and "1024" in steps:
+        out["ratio_k1024_k1"] = steps["1024"] / steps["1"]
+        print(f"t(K=1024)/t(K=1) = {out['ratio_k1024_k1']:.2f} (target <= 1.5)")
+    if args.stock_sequences > 0:
+        t_stock, rows = _stock_step_time(args, device)
+        stock_seq_s = args.stock_sequences / t_stock
+        out["stock"] = {
+            "sequences": args.stock_sequences,
+            "negatives": args.stock_negatives,
+            "rows": rows,
+            "step_s": t_stock,
+            "sequences_per_s": stock_seq_s,
+        }
+        print(
+            f"stock SASRec BPR-{args.stock_negatives}: {rows} rows in {t_stock:.3f} s = {stock_seq_s:.2f} sequences/s"
+        )
+        ref = "100" if "100" in steps else ("128" if "128" in steps else next(iter(steps), None))
+        if ref is not None:
+            fork_seq_s = args.batch / steps[ref]
+            out["speedup_sequences_per_s"] = fork_seq_s / stock_seq_s
+            out["speedup_reference_k"] = int(ref)
+            print(
+                f"fork (K={ref}) / stock sequences per second = {out['speedup_sequences_per_s']:.0f}x "
+                f"(target >= 50x; the fork also supervises every position, stock only the last)"
+            )
+    return out
+
+
+class _Reached(Exception):
+    """Raised from the tracker to stop training once the target is reached."""
+
+
+class _Watch:
+    """A tracker that timestamps each evaluation and stops when the target is reached."""
+
+    run_id = None
+    run_name = "benchmark"
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+        self.start = time.perf_counter()
+        self.train_s = 0.0
+        self.history: list[dict[str, float]] = []
+
+    def log_params(self, params) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if step is None or "valid_ndcg_at_10" not in metrics:
+            return
+        self.train_s += metrics["epoch_time_s"]
+        row = {
+            "epoch": step,
+            "valid_ndcg_at_10": metrics["valid_ndcg_at_10"],
+            "train_s": self.train_s,
+            "wall_s": time.perf_counter() - self.start,
+        }
+        self.history.append(row)
+        print(
+            f"epoch {step}: valid NDCG@10 {row['valid_ndcg_at_10']:.4f} after {row['train_s']:.0f} s training"
+        )
+        if row["valid_ndcg_at_10"] >= self.target:
+            raise _Reached
+
+
+def part_positions(args, device: torch.device) -> dict[str, Any]:
+    """Time for SASRecX on ml-100k to reach the stock model's best valid NDCG@10."""
+    from recbole_fork.config import build_config
+    from recbole_fork.trainer import fit
+
+    overrides = {"epochs": args.epochs, "show_progress": False, "use_gpu": device.type == "cuda"}
+    config = build_config(REPO / "confs" / "pre_train" / "ml-100k-sasrec.yaml", overrides)
+    watch = _Watch(args.target_ndcg)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            fit(config, Path(tmp) / "bench.pth", watch)
+            reached = False
+        except _Reached:
+            reached = True
+    last = watch.history[-1] if watch.history else {}
+    out = {
+        "config": "confs/pre_train/ml-100k-sasrec.yaml",
+        "target_valid_ndcg_at_10": args.target_ndcg,
+        "reached": reached,
+        "train_s": last.get("train_s"),
+        "wall_s": last.get("wall_s"),
+        "stock_ce_train_s": STOCK_CE_SECONDS,
+        "history": watch.history,
+    }
+    if reached:
+        print(
+            f"reached {args.target_ndcg} at epoch {last['epoch']}: {last['train_s']:.0f} s training, "
+            f"{last['wall_s']:.0f} s wall (stock CE: {STOCK_CE_SECONDS:.0f} s; target <= {STOCK_CE_SECONDS / 10:.0f} s)"
+        )
+    else:
+        print(
+            f"not reached in {args.epochs} epochs (best {max(h['valid_ndcg_at_10'] for h in watch.history):.4f})"
+        )
+    return out
+
+
+def _write(results: dict[str, Any]) -> None:
+    """Merge ``results`` into the JSON file (temporary name, then rename)."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    merged = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    merged.update(results)
+    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".training.", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(merged, f, indent=2)
+    os.replace(tmp, RESULTS)
+    print(f"wrote {RESULTS}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--part", choices=["negatives", "positions", "all"], default="all")
+    p.add_argument(
+        "--ks", type=int, nargs="+", default=[1, 128, 1024, 8192], help="shared negatives K"
+    )
+    p.add_argument("--batch", type=int, default=256, help="sequences per training batch")
+    p.add_argument("--length", type=int, default=50, help="max sequence length")
+    p.add_argument(
+        "--n-items", type=int, default=20000, help="synthetic catalog size (negatives part)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=5, help="timed steps per setting (after one warm-up)"
+    )
+    p.add_argument(
+        "--stock-sequences", type=int, default=4, help="sequences per stock step (0 = skip)"
+    )
+    p.add_argument("--stock-negatives", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=20, help="positions part: most epochs to train")
+    p.add_argument("--target-ndcg", type=float, default=TARGET_NDCG)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+
+    import recbole_fork  # noqa: F401  (applies the compatibility fixes)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    env = {
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"cpu x{torch.get_num_threads()}"
+    }
+    print(f"device: {env['device']}")
+    results: dict[str, Any] = {}
+    if args.part in ("negatives", "all"):
+        results["negatives"] = {**env, **part_negatives(args, device)}
+        _write(results)
+    if args.part in ("positions", "all"):
+        results["positions"] = {**env, **part_positions(args, device)}
+        _write(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,352 @@
+"""SeqTrainer: clipping, accumulation, exact resume, NaN stop, best-epoch test, bad input."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from recbole_fork.checkpoint import load_checkpoint
+from recbole_fork.config import build_config
+from recbole_fork.data import build_seq_data
+from recbole_fork.models.sasrec import SASRecX
+from recbole_fork.trainer import SeqTrainer, TrainingDivergedError, fit
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine's cores are shared; one thread avoids oversubscription stalls.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write_dataset(root: Path, name: str = "tiny", n_users: int = 30, min_len: int = 4) -> Path:
+    """``root/name/name.inter``: users with 4..10 time-ordered interactions over 25 items."""
+    rng = random.Random(7)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u in range(n_users):
+        for t in range(rng.randint(min_len, max(min_len, 10))):
+            lines.append(f"u{u}\ti{rng.randint(1, 25)}\t{1000 + 60 * t}")
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _config(root: Path, name: str = "tiny", **overrides):
+    settings = {
+        "model": "SASRecX",
+        "dataset": name,
+        "data_path": str(root),
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "epochs": 3,
+        "train_batch_size": 16,
+        "eval_batch_size": 64,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "max_seq_length": 6,
+        "num_negatives": 5,
+        "hidden_dropout_prob": 0.2,  # dropout on: its RNG state must survive a resume
+        "attn_dropout_prob": 0.2,
+        "learning_rate": 0.01,
+        "valid_metric": "NDCG@10",
+        "stopping_step": 10,
+        "use_gpu": False,
+        "show_progress": False,
+        **overrides,
+    }
+    return build_config(settings)
+
+
+class _Tracker:
+    """Records what the trainer logs (stands in for recbole_fork.tracking.Tracker)."""
+
+    run_id = "run-123"
+    run_name = "tiny-run"
+
+    def __init__(self) -> None:
+        self.params: dict = {}
+        self.metrics: list[tuple[dict, int | None]] = []
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((dict(metrics), step))
+
+    def at(self, step: int) -> dict:
+        return next(m for m, s in self.metrics if s == step)
+
+
+# ----- optimisation mechanics on hand-made batches ------------------------------------------
+
+
+class _Batches:
+    """A stand-in for SeqData that yields the given training batches every epoch."""
+
+    n_users = 4
+
+    def __init__(self, batches: list[dict[str, torch.Tensor]], n_items: int) -> None:
+        self.batches = batches
+        self.n_items = n_items
+
+    def num_train_batches(self, batch_size: int) -> int:
+        return len(self.batches)
+
+    def train_loader(self, batch_size: int, epoch: int):
+        return iter(self.batches)
+
+
+def _model_and_data(root: Path, **overrides):
+    config = _config(
+        _write_dataset(root), hidden_dropout_prob=0.0, attn_dropout_prob=0.0, **overrides
+    )
+    data = build_seq_data(config)
+    torch.manual_seed(0)
+    model = SASRecX(config, data.dataset, item_counts=data.item_counts)
+    return config, model, data.n_items
+
+
+def _spy_grads(trainer: SeqTrainer) -> list[dict[str, torch.Tensor]]:
+    """Record the gradients the optimizer sees at each step."""
+    seen: list[dict[str, torch.Tensor]] = []
+    step = trainer.optimizer.step
+
+    def spy(*args, **kwargs):
+        seen.append(
+            {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        )
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = spy
+    return seen
+
+
+FULL = {
+    "item_seq": torch.tensor(
+        [[1, 2, 3, 0, 0, 0], [4, 5, 0, 0, 0, 0], [6, 7, 8, 9, 0, 0], [2, 4, 0, 0, 0, 0]]
+    ),
+    # one target per row, so each half batch has the same number of supervised positions
+    "target": torch.tensor(
+        [[0, 0, 4, 0, 0, 0], [0, 6, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 3, 0, 0, 0, 0]]
+    ),
+}
+
+
+# The spy replaces optimizer.step after the LR scheduler wrapped it; torch warns about that.
+SPY_WARNING = "ignore:Seems like `optimizer.step\\(\\)` has been overridden"
+
+
+@pytest.mark.filterwarnings(SPY_WARNING)
+def test_grad_accumulation_equals_full_batch(tmp_path):
+    grads = []
+    for accum, batches in [
+        (1, [FULL]),
+        (2, [{k: v[:2] for k, v in FULL.items()}, {k: v[2:] for k, v in FULL.items()}]),
+    ]:
+        # full_ce: no sampled negatives, so the two runs see the same loss function.
+        config, model, n_items = _model_and_data(
+            tmp_path, loss_type="full_ce", grad_accum_steps=accum
+        )
+        trainer = SeqTrainer(
+            config, model, _Batches(batches, n_items), tmp_path / "c.pth", show_progress=False
+        )
+        seen = _spy_grads(trainer)
+        trainer._train_epoch(0)
+        assert len(seen) == 1 and trainer.global_step == 1  # one optimizer step either way
+        grads.append(seen[0])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.filterwarnings(SPY_WARNING)
+@pytest.mark.parametrize("max_norm", [0.01, None])
+def test_gradient_clipping_is_applied(tmp_path, max_norm):
+    config, model, n_items = _model_and_data(tmp_path, loss_type="full_ce", max_grad_norm=max_norm)
+    trainer = SeqTrainer(
+        config, model, _Batches([FULL, FULL], n_items), tmp_path / "c.pth", show_progress=False
+    )
+    seen = _spy_grads(trainer)
+    trainer._train_epoch(0)
+    norms = [
+        torch.linalg.vector_norm(torch.stack([g.norm() for g in s.values()])).item() for s in seen
+    ]
+    assert len(norms) == 2
+    if max_norm is None:
+        assert min(norms) > 0.01  # unclipped gradients of this model are larger than 0.01
+    else:
+        assert max(norms) <= 0.01 * (1 + 1e-4)
+        assert max(norms) == pytest.approx(0.01, rel=1e-4)  # clipped exactly to the limit
+
+
+# ----- full runs on a tiny atomic dataset ---------------------------------------------------
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    root = _write_dataset(tmp_path)
+    whole = fit(_config(root), tmp_path / "whole.pth", _Tracker())
+
+    original = SeqTrainer._train_epoch
+
+    def killed_at_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(SeqTrainer, "_train_epoch", killed_at_epoch_2)
+    ckpt = tmp_path / "killed.pth"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_config(root), ckpt, _Tracker())
+    message = capsys.readouterr().out
+    assert f"interrupted during epoch 2; the checkpoint {ckpt} holds epoch 1" in message
+    assert "--resume" in message
+    assert load_checkpoint(ckpt)["epoch"] == 1
+
+    monkeypatch.setattr(SeqTrainer, "_train_epoch", original)
+    resumed = fit(_config(root), ckpt, _Tracker(), resume=True)
+    assert resumed == whole  # exact equality, every metric
+    assert load_checkpoint(ckpt)["final_metrics"] == whole
+    # A finished run resumed again returns its stored result without training.
+    assert fit(_config(root), ckpt, _Tracker(), resume=True) == whole
+
+
+def test_checkpoint_contents_and_logged_names(tmp_path):
+    tracker = _Tracker()
+    ckpt = tmp_path / "run.pth"
+    result = fit(_config(_write_dataset(tmp_path), epochs=1), ckpt, tracker)
+    state = load_checkpoint(ckpt)  # weights_only=True
+    for key in (
+        "model_state", "optimizer_state", "scheduler_state", "rng", "epoch", "global_step",
+        "best_score", "best_epoch", "best_state", "config", "vocab",
+    ):  # fmt: skip
+        assert key in state
+    assert state["mlflow_run_id"] == "run-123"
+    assert state["model_description"] == "sasrec-d16-l2-h2-id"
+    assert state["config"]["hidden_size"] == 16 and state["vocab"] == {}
+    assert set(state["rng"]) == {"torch", "cuda", "numpy", "python", "sample_generator"}
+    epoch0 = tracker.at(0)
+    for name in ("train_loss", "valid_loss", "test_loss", "lr", "epoch_time_s", "sequences_per_s",
+                 "tokens_per_s", "train_ndcg_at_10", "valid_hr_at_10", "test_mrr_at_10"):  # fmt: skip
+        assert name in epoch0
+    assert set(result) == {
+        "best_epoch", "best_valid_loss", "best_test_loss", "total_flops",
+        *(f"best_{p}_{m}_at_10" for p in ("valid", "test") for m in ("hr", "ndcg", "mrr")),
+    }  # fmt: skip
+    assert tracker.params["params_embedding"] == 26 * 16  # 25 items + padding, D = 16
+    assert tracker.params["run_name"] == "tiny-run"
+    assert tracker.params["eval_protocol"] == "full"
+    assert tracker.params["dataset_users"] == 31  # 30 users + padding id
+
+
+def test_best_epoch_weights_are_used_for_test(tmp_path, monkeypatch):
+    scripted = iter([0.2, 0.9, 0.1])  # valid NDCG@10 of epochs 0, 1, 2: epoch 1 is best
+    original = SeqTrainer.evaluate
+
+    def scripted_valid(self, phase):
+        out = original(self, phase)
+        if phase == "valid":
+            out["ndcg@10"] = next(scripted)
+        return out
+
+    monkeypatch.setattr(SeqTrainer, "evaluate", scripted_valid)
+    tracker = _Tracker()
+    result = fit(_config(_write_dataset(tmp_path)), tmp_path / "b.pth", tracker)
+    assert result["best_epoch"] == 1
+    assert result["best_valid_ndcg_at_10"] == 0.9
+    # The final test ran with epoch 1's weights: its figures equal that epoch's, not the last.
+    assert result["best_test_loss"] == tracker.at(1)["test_loss"]
+    assert result["best_test_loss"] != tracker.at(2)["test_loss"]
+    assert result["best_test_hr_at_10"] == tracker.at(1)["test_hr_at_10"]
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
+    config = _config(_write_dataset(tmp_path))
+    per_epoch = build_seq_data(config).num_train_batches(16)
+    calls = {"n": 0}
+    original = SASRecX.training_loss
+
+    def nan_in_epoch_1(self, batch, generator=None):
+        calls["n"] += 1
+        loss = original(self, batch, generator)
+        return loss * float("nan") if calls["n"] == per_epoch + 2 else loss
+
+    monkeypatch.setattr(SASRecX, "training_loss", nan_in_epoch_1)
+    ckpt = tmp_path / "nan.pth"
+    with pytest.raises(TrainingDivergedError) as err:
+        fit(config, ckpt, None)
+    assert str(err.value) == (
+        f"loss is nan at epoch 1, batch 1, optimizer step {per_epoch + 1}; last good checkpoint: "
+        f"{ckpt} (resume from it with a lower learning_rate or a max_grad_norm)"
+    )
+    assert load_checkpoint(ckpt)["epoch"] == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"learner": "sgd"}, r"unknown learner 'sgd'; valid: \['adam', 'adamw'\]"),
+        ({"eval_mode": "sampled:x"}, "valid forms are 'full' and 'sampled:N'"),
+        (
+            {"valid_metric": "Recall@10"},
+            r"valid_metric 'Recall@10' is not computed; valid: \['hr@10'",
+        ),
+        (
+            {"num_negatives": 1000},
+            r"num_negatives=1000 is larger than the catalog \(25 real items\)",
+        ),
+        (
+            {"item_encoder": "bert"},
+            r"unknown item_encoder 'bert'; valid: \['id', 'text', 'id\+text'\]",
+        ),
+        ({"loss_type": "hinge"}, "loss_type='hinge' is not one of"),
+        ({"neg_sampler": "hard"}, "neg_sampler='hard' is not one of"),
+    ],
+)
+def test_bad_settings_fail_before_training(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        fit(_config(_write_dataset(tmp_path), **overrides), tmp_path / "x.pth", None)
+    assert not (tmp_path / "x.pth").exists()
+
+
+def test_dataset_without_evaluation_users(tmp_path):
+    root = tmp_path / "d"
+    folder = root / "short"
+    folder.mkdir(parents=True)
+    rows = [f"u{u}\ti{u + t}\t{100 + t}" for u in range(5) for t in range(2)]
+    (folder / "short.inter").write_text(
+        "user_id:token\titem_id:token\ttimestamp:float\n" + "\n".join(rows)
+    )
+    with pytest.raises(ValueError, match="dataset 'short': no user has the 3 interactions"):
+        fit(_config(root, name="short"), tmp_path / "x.pth", None)
+
+
+def test_text_encoder_run_keeps_vocabulary(tmp_path):
+    root = _write_dataset(tmp_path)
+    words = ["red", "blue", "shoe", "hat", "sock"]
+    rows = [f"i{i}\t{words[i % 5]} {words[(i + 2) % 5]}\tbrand{i % 3}" for i in range(1, 26)]
+    header = "item_id:token\ttitle:token_seq\tbrand:token_seq\n"
+    (root / "tiny" / "tiny.item").write_text(header + "\n".join(rows) + "\n")
+    config = _config(
+        root,
+        epochs=1,
+        item_encoder="text",
+        text_embedding_size=4,
+        load_col={
+            "inter": ["user_id", "item_id", "timestamp"],
+            "item": ["item_id", "title", "brand"],
+        },
+    )
+    tracker = _Tracker()
+    fit(config, tmp_path / "text.pth", tracker)
+    state = load_checkpoint(tmp_path / "text.pth")
+    assert state["model_description"] == "sasrec-d16-l2-h2-text"
+    assert state["vocab"]["title"][0] == "[PAD]"
+    assert sorted(state["vocab"]["title"][1:]) == sorted(words)
+    assert sorted(state["vocab"]["brand"][1:]) == ["brand0", "brand1", "brand2"]
+    # No per-item rows: the embedding parameters are the two token tables only.
+    assert tracker.params["params_embedding"] == (6 + 4) * 4
