@@ -1,0 +1,356 @@
+"""HSTU: Hierarchical Sequential Transduction Units (Zhai et al., ICML 2024).
+
+The backbone follows REFERENCE.md section 2 layer by layer:
+
+    normed     = LayerNorm(x)                                  (no affine, eps 1e-6)
+    u, v, q, k = split(SiLU(normed @ W_uvqk))                  (one weight, no bias)
+    A          = SiLU(q k^T + rab) / N * causal_mask           (no softmax, no 1/sqrt(d))
+    x          = x + Linear_o(dropout(u * LayerNorm(A v)))
+
+`rab` is a relative attention bias, one per layer and shared by the heads: a learned
+term per position offset plus a learned term per log-scaled time-gap bucket.
+
+The model class `HSTU` (item encoder + this backbone + loss) is at the end of the file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbole_fork.models.base import ForkSeqModel
+
+# Time-gap buckets: floor(ln(gap) / 0.301), clamped to 0..128 (the paper's public code);
+# 0.301 ~ log10(2), so a bucket spans a factor of exp(0.301) ~ 1.35 in the gap.
+TIME_BUCKET_DIVISOR = 0.301
+NUM_TIME_BUCKETS = 129
+# Both LayerNorms of an HSTU layer use eps 1e-6 (the paper's public code).
+LAYER_NORM_EPS = 1e-6
+
+
+def time_buckets(dt: torch.Tensor) -> torch.Tensor:
+    """Bucket time gaps for the relative attention bias.
+
+    Args:
+        dt: int64 tensor of any shape, time differences in seconds (sign ignored).
+
+    Returns:
+        int64 tensor of the same shape, `clamp(floor(ln(max(|dt|, 1)) / 0.301), 0, 128)`:
+        gaps of 0 and 1 s fall in bucket 0, 10 s in bucket 7, 10^6 s in bucket 45.
+    """
+    # float64 so that large unix-second gaps and bucket edges are not rounded.
+    gap = dt.abs().clamp(min=1).to(torch.float64)
+    bucket = torch.floor(torch.log(gap) / TIME_BUCKET_DIVISOR).to(torch.int64)
+    return bucket.clamp(0, NUM_TIME_BUCKETS - 1)
+
+
+def config_value(config: Any, key: str, model: str) -> Any:
+    """Read a required key from a RecBole `Config` or a plain mapping.
+
+    RecBole's `Config` answers None for keys it does not know, so None counts as missing.
+
+    Raises:
+        KeyError: the key is absent or None.
+    """
+    value = config.get(key) if isinstance(config, Mapping) else config[key]
+    if value is None:
+        raise KeyError(
+            f"{model}: config key '{key}' is missing; set it in {model}.yaml or overrides"
+        )
+    return value
+
+
+class RelativeAttentionBias(nn.Module):
+    """Learned bias added to the attention scores, shared across heads.
+
+    bias[b, i, j] = position_weight[(j - i) + N - 1] + time_weight[time_buckets(t_i - t_j)],
+    where N = `max_seq_length` and t the item timestamps (query i, key j).
+    """
+
+    def __init__(self, max_seq_length: int, use_position_bias: bool, use_time_bias: bool) -> None:
+        super().__init__()
+        self.max_seq_length = max_seq_length
+        self.use_position_bias = use_position_bias
+        self.use_time_bias = use_time_bias
+        # Offsets j - i range over -(N-1) .. N-1: 2N-1 entries (the causal mask only ever
+        # reads j <= i, but the paper's table keeps both signs).
+        self.position_weight = (
+            nn.Parameter(torch.empty(2 * max_seq_length - 1)) if use_position_bias else None
+        )
+        self.time_weight = nn.Parameter(torch.empty(NUM_TIME_BUCKETS)) if use_time_bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.02) initialisation, as in the paper's public code."""
+        for weight in (self.position_weight, self.time_weight):
+            if weight is not None:
+                nn.init.normal_(weight, mean=0.0, std=0.02)
+
+    def forward(self, seq_len: int, buckets: torch.Tensor | None) -> torch.Tensor | float:
+        """Bias for a batch: float [B or 1, L, L], or 0.0 when both terms are off.
+
+        Args:
+            seq_len: padded length L of the batch.
+            buckets: int64 [B, L, L], `time_buckets(t_query - t_key)`; None when the time
+                term is off.
+        """
+        bias: torch.Tensor | float = 0.0
+        if self.position_weight is not None:
+            pos = torch.arange(seq_len, device=self.position_weight.device)
+            offset = pos[None, :] - pos[:, None] + self.max_seq_length - 1  # [L, L]
+            bias = self.position_weight[offset].unsqueeze(0)  # [1, L, L]
+        if self.time_weight is not None:
+            bias = bias + self.time_weight[buckets]  # [B, L, L]
+        return bias
+
+
+class HSTULayer(nn.Module):
+    """One HSTU block: pointwise aggregated attention with U gating, pre-norm residual."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        attention_dim: int,
+        linear_dim: int,
+        max_seq_length: int,
+        hidden_dropout_prob: float,
+        attn_dropout_prob: float,
+        use_position_bias: bool,
+        use_time_bias: bool,
+    ) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.attention_dim = attention_dim
+        self.linear_dim = linear_dim
+        self.max_seq_length = max_seq_length
+        # One D x (2*H*dv + 2*H*dqk) weight for u, v, q, k, no bias (paper, eq. 1).
+        self.uvqk = nn.Linear(hidden_size, 2 * n_heads * (linear_dim + attention_dim), bias=False)
+        self.output = nn.Linear(n_heads * linear_dim, hidden_size)
+        self.rab = RelativeAttentionBias(max_seq_length, use_position_bias, use_time_bias)
+        self.attn_dropout = nn.Dropout(attn_dropout_prob)
+        self.hidden_dropout = nn.Dropout(hidden_dropout_prob)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.02) for W_uvqk, Xavier-uniform for Linear_o (paper's public code)."""
+        nn.init.normal_(self.uvqk.weight, mean=0.0, std=0.02)
+        nn.init.xavier_uniform_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor, buckets: torch.Tensor | None
+    ) -> torch.Tensor:
+        """One block.
+
+        Args:
+            x: float [B, L, D].
+            attn_mask: float [B, 1, L, L], 1 where query i may attend key j.
+            buckets: int64 [B, L, L] time-gap buckets, or None without the time bias.
+
+        Returns:
+            float [B, L, D].
+        """
+        batch, seq_len, _ = x.shape
+        hv, hq = self.n_heads * self.linear_dim, self.n_heads * self.attention_dim
+        normed = F.layer_norm(x, (x.shape[-1],), eps=LAYER_NORM_EPS)  # [B, L, D]
+        u, v, q, k = torch.split(F.silu(self.uvqk(normed)), [hv, hv, hq, hq], dim=-1)
+        v = v.view(batch, seq_len, self.n_heads, self.linear_dim).transpose(1, 2)  # [B, H, L, dv]
+        q = q.view(batch, seq_len, self.n_heads, self.attention_dim).transpose(
+            1, 2
+        )  # [B, H, L, dq]
+        k = k.view(batch, seq_len, self.n_heads, self.attention_dim).transpose(
+            1, 2
+        )  # [B, H, L, dq]
+
+        scores = q @ k.transpose(-1, -2)  # [B, H, L, L]
+        bias = self.rab(seq_len, buckets)
+        if isinstance(bias, torch.Tensor):
+            scores = scores + bias.unsqueeze(1)  # bias [B|1, L, L] shared by the heads
+        # Divide by N = max_seq_length, the length the paper pads every sequence to; a
+        # fixed N keeps real positions independent of how much padding a batch carries.
+        attn = F.silu(scores) / self.max_seq_length * attn_mask  # [B, H, L, L]
+        attn = self.attn_dropout(attn)
+
+        attended = (attn @ v).transpose(1, 2).reshape(batch, seq_len, hv)  # [B, L, H*dv]
+        attended = F.layer_norm(attended, (hv,), eps=LAYER_NORM_EPS)
+        return x + self.output(self.hidden_dropout(u * attended))  # [B, L, D]
+
+
+class HSTUBackbone(nn.Module):
+    """HSTU stack over item embeddings: scaling, positions, `n_layers` HSTU blocks.
+
+    Input embeddings are multiplied by sqrt(D) and get a learned absolute position
+    embedding (one per position 0 .. max_seq_length-1), then dropout. Padding positions
+    are zeroed after the input and after every block, so they never carry values.
+    """
+
+    normalize = True  # the model L2-normalises user states and item embeddings
+
+    def __init__(
+        self,
+        hidden_size: int = 50,
+        n_layers: int = 2,
+        n_heads: int = 1,
+        attention_dim: int = 50,
+        linear_dim: int = 50,
+        hidden_dropout_prob: float = 0.2,
+        attn_dropout_prob: float = 0.0,
+        max_seq_length: int = 200,
+        use_time_bias: bool = True,
+        use_position_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("hidden_size", hidden_size),
+            ("n_layers", n_layers),
+            ("n_heads", n_heads),
+            ("attention_dim", attention_dim),
+            ("linear_dim", linear_dim),
+            ("max_seq_length", max_seq_length),
+        ):
+            if int(value) < 1:
+                raise ValueError(f"HSTU: {name} must be a positive integer, got {value!r}")
+        self.hidden_size = hidden_size
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.attention_dim = attention_dim
+        self.linear_dim = linear_dim
+        self.max_seq_length = max_seq_length
+        self.use_time_bias = use_time_bias
+        self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
+        self.input_dropout = nn.Dropout(hidden_dropout_prob)
+        self.layers = nn.ModuleList(
+            HSTULayer(
+                hidden_size,
+                n_heads,
+                attention_dim,
+                linear_dim,
+                max_seq_length,
+                hidden_dropout_prob,
+                attn_dropout_prob,
+                use_position_bias,
+                use_time_bias,
+            )
+            for _ in range(n_layers)
+        )
+        # Truncated normal with std sqrt(1/D) for positions (the paper's public code).
+        std = math.sqrt(1.0 / hidden_size)
+        nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
+
+    @classmethod
+    def from_config(cls, config: Any) -> HSTUBackbone:
+        """Build from a RecBole `Config` or a mapping holding the HSTU.yaml keys.
+
+        Raises:
+            KeyError: a required key is missing.
+        """
+        keys = (
+            "hidden_size",
+            "n_layers",
+            "n_heads",
+            "attention_dim",
+            "linear_dim",
+            "hidden_dropout_prob",
+            "attn_dropout_prob",
+            "max_seq_length",
+            "use_time_bias",
+            "use_position_bias",
+        )
+        return cls(**{key: config_value(config, key, "HSTU") for key in keys})
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, time_seq: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encode a right-padded batch causally.
+
+        Args:
+            x: float [B, L, D] item embeddings.
+            mask: bool [B, L], True at real items.
+            time_seq: int64 [B, L] unix seconds (needed when `use_time_bias`).
+
+        Returns:
+            float [B, L, D]; row t depends only on inputs at positions <= t; zero at padding.
+
+        Raises:
+            ValueError: L exceeds `max_seq_length`, or `time_seq` is missing with the time bias on.
+        """
+        seq_len = x.shape[1]
+        if seq_len > self.max_seq_length:
+            raise ValueError(
+                f"HSTU: batch length {seq_len} exceeds max_seq_length {self.max_seq_length}; "
+                "raise max_seq_length or cut the sequences"
+            )
+        keep = mask.unsqueeze(-1).to(x.dtype)  # [B, L, 1]
+        positions = self.position_embedding.weight[:seq_len]  # [L, D]
+        h = self.input_dropout(x * math.sqrt(self.hidden_size) + positions) * keep  # [B, L, D]
+
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril()  # [L, L]
+        attn_mask = (causal[None] & mask[:, None, :]).unsqueeze(1).to(x.dtype)  # [B, 1, L, L]
+        buckets = None
+        if self.use_time_bias:
+            if time_seq is None:
+                raise ValueError(
+                    "HSTU: use_time_bias is true but the batch has no time_seq; "
+                    "pass time_seq or set use_time_bias: false"
+                )
+            # Same buckets for every layer: query time minus key time.
+            buckets = time_buckets(time_seq[:, :, None] - time_seq[:, None, :])  # [B, L, L]
+        for layer in self.layers:
+            h = layer(h, attn_mask, buckets) * keep
+        return h
+
+    def describe(self) -> str:
+        """Short name from the hyperparameters, e.g. 'hstu-d50-b2-h1'."""
+        return f"hstu-d{self.hidden_size}-b{self.n_layers}-h{self.n_heads}"
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Forward FLOPs per position for a padded length `seq_len` (a matmul is 2*m*n*k).
+
+        Per layer and position: the uvqk projection 2*D*(2*H*dv + 2*H*dqk), the scores
+        q k^T against all `seq_len` keys 2*H*dqk*L, the aggregation A v 2*H*dv*L, and the
+        output projection 2*H*dv*D. The dense L x L products are counted in full, as the
+        kernel computes them before masking. Element-wise work, norms and the relative
+        bias are left out (they are O(1) per entry).
+        """
+        d, h = self.hidden_size, self.n_heads
+        dv, dq = self.linear_dim, self.attention_dim
+        per_layer = (
+            2 * d * (2 * h * dv + 2 * h * dq)  # uvqk projection
+            + 2 * h * dq * seq_len  # q k^T
+            + 2 * h * dv * seq_len  # A v
+            + 2 * h * dv * d  # Linear_o
+        )
+        return self.n_layers * per_layer
+
+
+class HSTU(ForkSeqModel):
+    """HSTU backbone + the fork's item encoders, single-pass sampled losses and evaluation.
+
+    The backbone says `normalize = True`, so user states and item embeddings are
+    L2-normalised and scores are cosines; pair it with a low `temperature` (the paper: 0.05).
+    """
+
+    def __init__(self, config: Any, dataset: Any, item_counts: Any = None) -> None:
+        super().__init__(config, dataset, item_counts)
+        # RecBole's interactions carry the timestamps of a sequence as 'timestamp_list'.
+        self.time_seq_field = f"{config['TIME_FIELD']}{config['LIST_SUFFIX']}"
+
+    def build_backbone(self, config: Any) -> nn.Module:
+        """An `HSTUBackbone` from the HSTU.yaml keys of `config`."""
+        return HSTUBackbone.from_config(config)
+
+    def _recbole_batch(self, interaction: Any) -> dict[str, torch.Tensor]:
+        """RecBole's rows plus their timestamps, which the time bias needs."""
+        batch = super()._recbole_batch(interaction)
+        if self.time_seq_field in interaction:
+            batch["time_seq"] = interaction[self.time_seq_field].long()
+        return batch
+
+
+__all__ = ["HSTU", "HSTUBackbone", "time_buckets"]
