@@ -16,7 +16,7 @@ from recbole_fork.checkpoint import CheckpointError, load_checkpoint
 from recbole_fork.config import ForkConfig, resolve_config_path
 from recbole_fork.models import get_model_class, is_fork_model
 from recbole_fork.params import count_parameters
-from recbole_fork.tracking import Tracker
+from recbole_fork.tracking import Tracker, metric_name
 
 logger = logging.getLogger("recbole_fork")
 
@@ -153,8 +153,10 @@ def _train_stock(
     test_result = trainer.evaluate(
         test_data, load_best_model=True, show_progress=config["show_progress"]
     )
-    result: dict[str, Any] = {f"best_valid_{k}": float(v) for k, v in (best_valid or {}).items()}
-    result.update({f"best_test_{k}": float(v) for k, v in test_result.items()})
+    result: dict[str, Any] = {
+        metric_name(f"best_valid_{k}"): float(v) for k, v in (best_valid or {}).items()
+    }
+    result.update({metric_name(f"best_test_{k}"): float(v) for k, v in test_result.items()})
     result.update(counts.as_dict())
     tracker.log_metrics({k: v for k, v in result.items()})
     return result

@@ -149,7 +149,8 @@ class SeqTrainer(Trainer):
         """Adam or AdamW over every parameter (RecBole's factory needs a few of its keys)."""
         params = kwargs.pop("params", self.model.parameters())
         cls = torch.optim.AdamW if self.learner == "adamw" else torch.optim.Adam
-        return cls(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        betas = tuple(float(b) for b in (self.config["adam_betas"] or (0.9, 0.999)))
+        return cls(params, lr=self.learning_rate, betas=betas, weight_decay=self.weight_decay)
 
     def _autocast(self):
         if self.use_bf16:
@@ -527,8 +528,8 @@ def fit(
             **_config_dict(config),
             **count_parameters(model).as_dict(),
             "flops_per_token": model.flops_per_token(),
-            "dataset_users": data.n_users,
-            "dataset_items": data.n_items,
+            "dataset_users": data.n_users - 1,  # n_users / n_items count the padding id
+            "dataset_items": data.n_items - 1,
             "dataset_interactions": int(data.dataset.inter_num),
             "train_interactions": data.num_train_interactions(),
             "run_name": getattr(tracker, "run_name", None) or config["run_name"],

@@ -140,8 +140,9 @@ class ForkSeqModel(SequentialRecommender):
         )
         emb = self.item_encoder(uniq)  # [U, D]: each needed item embedded exactly once
         x = emb[inverse[n + k :]].view(*item_seq.shape, -1)  # [B, L, D]
-        pos_emb = self._norm(emb[inverse[:n]])  # [N, D]
-        neg_emb = self._norm(emb[inverse[n : n + k]]).view(*neg_ids.shape, -1)  # [K | N,K, D]
+        cand = self._norm(emb)  # normalise the U unique rows once, not the gathered [N, K, D]
+        pos_emb = cand[inverse[:n]]  # [N, D]
+        neg_emb = cand[inverse[n : n + k]].view(*neg_ids.shape, -1)  # [K | N,K, D]
         return x, pos_emb, neg_ids, neg_emb, None
 
     def _score(self, user, pos_ids, pos_emb, neg_ids, neg_emb, all_emb) -> torch.Tensor:
@@ -215,9 +216,10 @@ class ForkSeqModel(SequentialRecommender):
         # the last input position.
         if self._recbole_generator is None:
             self._recbole_generator = torch.Generator(device=target.device).manual_seed(0)
-        return self.training_loss(
-            {"item_seq": batch["item_seq"], "target": target}, self._recbole_generator
-        )
+        train_batch = {"item_seq": batch["item_seq"], "target": target}
+        if "time_seq" in batch:
+            train_batch["time_seq"] = batch["time_seq"]
+        return self.training_loss(train_batch, self._recbole_generator)
 
     def predict(self, interaction) -> torch.Tensor:
         """RecBole's point-wise scores of ``interaction[ITEM_ID]`` -> [B]."""

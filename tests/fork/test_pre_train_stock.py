@@ -43,7 +43,7 @@ def test_stock_sasrec_trains_logs_and_checkpoints(
     assert pre_train_main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert json.loads((ckpt.parent / "sasrec.metrics.json").read_text()) == result
-    assert 0.0 <= result["best_test_ndcg@10"] <= 1.0
+    assert 0.0 <= result["best_test_ndcg_at_10"] <= 1.0
     assert result["params_total"] == result["params_embedding"] + result["params_non_embedding"]
 
     state = torch.load(ckpt, weights_only=True)  # a plain dict, no pickled Config
@@ -57,7 +57,7 @@ def test_stock_sasrec_trains_logs_and_checkpoints(
     lrs = [v for _, v in metric_history(run["run_id"], "lr")]
     assert len(lrs) == 3 and lrs[0] < lrs[1]  # one-cycle warms up over the run
     assert [s for s, _ in metric_history(run["run_id"], "valid_ndcg_at_10")] == [0, 1, 2]
-    assert run["metrics"]["best_test_ndcg_at_10"] == pytest.approx(result["best_test_ndcg@10"])
+    assert run["metrics"]["best_test_ndcg_at_10"] == pytest.approx(result["best_test_ndcg_at_10"])
 
 
 def test_user_errors_are_one_line(tmp_path, tiny_dataset, stock_config, capsys, monkeypatch):

@@ -240,7 +240,7 @@ def test_checkpoint_contents_and_logged_names(tmp_path):
     assert tracker.params["params_embedding"] == 26 * 16  # 25 items + padding, D = 16
     assert tracker.params["run_name"] == "tiny-run"
     assert tracker.params["eval_protocol"] == "full"
-    assert tracker.params["dataset_users"] == 31  # 30 users + padding id
+    assert tracker.params["dataset_users"] == 30  # real users, the padding id not counted
 
 
 def test_best_epoch_weights_are_used_for_test(tmp_path, monkeypatch):
