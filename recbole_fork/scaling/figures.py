@@ -1,0 +1,248 @@
+"""Figures of a scaling study: metric against N and D, the frontier, the loss curves.
+
+Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no display,
+no global state), and saved as PNG and SVG under a temporary name, then renamed. SVG ids
+are salted with a constant and the date is left out, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from recbole_fork.scaling.frontier import EmpiricalFrontier, optimal_allocation
+from recbole_fork.scaling.laws import JointLawFit, PowerLawFit
+
+FORMATS = ("png", "svg")
+_STYLE = {
+    "svg.hashsalt": "recbole_fork.scaling",  # fixed ids: identical SVG bytes for identical inputs
+    "font.size": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.fontsize": 7,
+}
+
+
+def _styled(fn: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Build the figure under the house style (fonts are fixed when text is created)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> Figure:
+        with mpl.rc_context(_STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def si(x: float) -> str:
+    """Short SI form of a count: 99424 -> '99.4K', 9.6e6 -> '9.6M', 3e15 -> '3P'."""
+    for factor, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def _new_figure(
+    ncols: int = 1, width: float = 4.8, height: float = 3.6
+) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width * ncols, height))
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(1, ncols))
+    return fig, axes
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``out_dir/stem.png`` and ``.svg`` (atomic rename); return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with mpl.rc_context(_STYLE):
+        # Laid out once here: constrained layout would redo it on every save, the most
+        # expensive step of drawing these log-log axes.
+        fig.tight_layout()
+        for fmt in FORMATS:
+            path = out_dir / f"{stem}.{fmt}"
+            tmp = out_dir / f".{stem}.{fmt}.tmp"
+            metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+            fig.savefig(tmp, format=fmt, dpi=150, metadata=metadata)
+            os.replace(tmp, path)
+            paths.append(path)
+    return paths
+
+
+def _log_axes(ax, *, x_si: bool = True, y_si: bool = False) -> None:
+    """Log-log axes with plain-text tick labels; call after plotting (reads the y range).
+
+    Plain text (10K, 1M; 0.8, 0.9) instead of matplotlib's default mathtext ``10^4``:
+    easier to read, and parsing mathtext was most of the drawing time. Minor ticks of y
+    are labelled only when y spans less than a decade (else they would crowd).
+    """
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v)) if x_si else plain)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v)) if y_si else plain)
+    ax.yaxis.set_minor_formatter(plain if high < 10 * low and not y_si else NullFormatter())
+
+
+def _colours(values: Sequence[float]) -> dict[float, tuple]:
+    """One viridis colour per distinct value, ordered by value."""
+    uniq = sorted(set(values))
+    cmap = mpl.colormaps["viridis"]
+    return {v: cmap(i / max(len(uniq) - 1, 1) * 0.9) for i, v in enumerate(uniq)}
+
+
+@_styled
+def metric_vs_size(
+    x: np.ndarray,
+    group: np.ndarray,
+    y: np.ndarray,
+    *,
+    axis: str,
+    y_label: str,
+    group_labels: Mapping[float, str],
+    joint: JointLawFit | None,
+    single: PowerLawFit | None,
+) -> Figure:
+    """Metric against model size (``axis='N'``) or data size (``axis='D'``), log-log.
+
+    Args:
+        x: the x axis per run (N or D), shape [r].
+        group: the other size per run (D or N), one colour per distinct value, shape [r].
+        y: the fitted quantity per run, shape [r].
+        axis: 'N' or 'D' (names the x axis and orders the joint law's arguments).
+        y_label: the y axis label (metric, fitted form, protocol).
+        group_labels: legend text per group value.
+        joint: if given, its curve at each group value (solid, the group's colour).
+        single: if given, the one-variable power law through the best run per x (dashed).
+    """
+    fig, (ax,) = _new_figure()
+    colours = _colours(group.tolist())
+    grid = np.geomspace(x.min() / 1.3, x.max() * 1.3, 100)
+    for g, colour in colours.items():
+        sel = group == g
+        order = np.argsort(x[sel])
+        ax.plot(
+            x[sel][order], y[sel][order], "o", color=colour, ms=4, label=group_labels.get(g, si(g))
+        )
+        if joint is not None:
+            curve = joint.predict(grid, g) if axis == "N" else joint.predict(g, grid)
+            ax.plot(grid, curve, "-", color=colour, lw=1)
+    if single is not None:
+        ax.plot(
+            grid,
+            single.predict(grid),
+            "k--",
+            lw=1,
+            label=f"best per {axis}: ∝ {axis}^−{single.alpha:.3f}",
+        )
+    if joint is not None:
+        ax.plot([], [], "k-", lw=1, label=f"joint law (R²={joint.r2:.3f})")
+    _log_axes(ax)
+    ax.set_xlabel("non-embedding parameters N" if axis == "N" else "training data D")
+    ax.set_ylabel(y_label)
+    ax.legend(title="D" if axis == "N" else "N", loc="best")
+    return fig
+
+
+@_styled
+def frontier_figure(
+    n: np.ndarray,
+    d: np.ndarray,
+    compute: np.ndarray,
+    y: np.ndarray,
+    frontier: EmpiricalFrontier,
+    *,
+    y_label: str,
+    joint: JointLawFit | None,
+    k: float | None,
+) -> Figure:
+    """Three panels against compute C: the metric (frontier runs ringed), N*, D*.
+
+    Empirical points are the runs best for their compute; lines are the power laws fitted
+    through them (dashed) and, with a joint law, its analytic optimum (solid).
+    """
+    fig, axes = _new_figure(ncols=3, width=4.0)
+    c_grid = np.geomspace(compute.min() / 1.5, compute.max() * 1.5, 100)
+    ax = axes[0]
+    points = ax.scatter(compute, y, c=n, norm=LogNorm(), cmap="viridis", s=14)
+    bar = fig.colorbar(points, ax=ax, label="N", format=FuncFormatter(lambda v, _: si(v)))
+    bar.ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.plot(
+        frontier.compute,
+        frontier.loss,
+        "o-",
+        mfc="none",
+        color="k",
+        ms=8,
+        lw=1,
+        label="best per budget",
+    )
+    opt = optimal_allocation(joint, c_grid, k) if joint is not None and k else None
+    if opt is not None:
+        ax.plot(c_grid, joint.predict(*opt), "r-", lw=1, label=f"joint law optimum (k={k:.3g})")
+    ax.set_ylabel(y_label)
+    for ax, values, fitted, name, opt_values in (
+        (axes[1], frontier.n, frontier.n_law, "N", None if opt is None else opt[0]),
+        (axes[2], frontier.d, frontier.d_law, "D", None if opt is None else opt[1]),
+    ):
+        ax.plot(frontier.compute, values, "ko", ms=4, label=f"{name}* of the best runs")
+        if fitted is not None:
+            ax.plot(
+                c_grid, fitted.predict(c_grid), "k--", lw=1, label=f"fit ∝ C^{-fitted.alpha:.3f}"
+            )
+        if opt_values is not None:
+            ax.plot(c_grid, opt_values, "r-", lw=1, label=f"analytic {name}_opt(C)")
+        ax.set_ylabel(f"compute-optimal {name}")
+    for i, ax in enumerate(axes):
+        _log_axes(ax, y_si=i > 0)  # panels 2 and 3 show sizes N and D
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.legend(loc="best")
+    return fig
+
+
+@_styled
+def loss_curves(
+    curves: Sequence[tuple[str, float, float, Mapping[str, list[tuple[int, float]]]]],
+    group_labels: Mapping[float, str],
+) -> Figure:
+    """Train (solid) and valid (dashed) loss per epoch, one panel per data size.
+
+    Args:
+        curves: per run ``(run_name, N, D, history)``, history as in ``RunRecord``.
+        group_labels: panel title per D.
+    """
+    sizes = sorted({d for _, _, d, _ in curves})
+    fig, axes = _new_figure(ncols=max(len(sizes), 1), width=3.6)
+    if not curves:
+        axes[0].text(0.5, 0.5, "no train_loss / valid_loss history logged", ha="center",
+                     transform=axes[0].transAxes)  # fmt: skip
+        return fig
+    colours = _colours([n for _, n, _, _ in curves])
+    for ax, size in zip(axes, sizes, strict=True):
+        for _, n, d, history in sorted(curves, key=lambda c: c[1]):
+            if d != size:
+                continue
+            for key, style in (("train_loss", "-"), ("valid_loss", "--")):
+                if history.get(key):
+                    steps, values = zip(*history[key], strict=True)
+                    ax.plot(steps, values, style, color=colours[n], lw=1, marker=".", ms=3)
+        ax.set_title(group_labels.get(size, f"D = {si(size)}"))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+    for n, colour in colours.items():
+        axes[-1].plot([], [], "-", color=colour, label=f"N = {si(n)}")
+    axes[-1].plot([], [], "k-", label="train")
+    axes[-1].plot([], [], "k--", label="valid")
+    axes[-1].legend(loc="best")
+    return fig

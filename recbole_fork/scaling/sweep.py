@@ -1,0 +1,513 @@
+"""Sweeps over model and data sizes, one Ray Tune trial per grid point, resumable via MLflow.
+
+A sweep file (``confs/sweeps/*.yaml``) names a base training config, a grid of overrides and
+a budget; every grid point becomes a trial named from its hyperparameters
+(``sasrecx-d64-l2-amazon-1M-s42``), the same string for the MLflow run, the checkpoint
+folder and the Ray trial. Before launching, the sweep asks MLflow which runs of the
+experiment are FINISHED and skips those names, so a sweep stopped and started again runs
+only what is missing or failed. A failed trial never stops the others; failures are
+listed at the end.
+
+Sweep file keys:
+
+- ``base_config`` (str): the training config the grid overrides.
+- ``experiment`` (str): MLflow experiment of every trial.
+- ``grid`` (dict: key -> list): config keys and their values; the product is the sweep.
+- ``budget`` (dict): ``{epochs: 10}``, ``{epochs: {amazon-100K: 50, amazon-1M: 20}}`` per
+  dataset, or ``{tokens: 5e6}``: epochs = ceil(tokens / interactions of the dataset).
+- ``overrides`` (dict, optional): fixed config keys for every trial.
+- ``inner_size`` (int or ``same_as_hidden``, optional): shorthand for the feed-forward width.
+- ``data_path`` (str, optional): folder of the atomic datasets (``<data_path>/<name>/``).
+- ``checkpoint_dir`` (str): checkpoints go to ``<checkpoint_dir>/<run name>/checkpoint.pth``.
+- ``trainable`` (str, optional): dotted path of the training function, called as
+  ``fn(config, checkpoint_path, resume=..., tracking_uri=...)``; default
+  ``recbole_fork.run.pre_train``.
+- ``config_builder`` (str, optional): dotted path called as ``fn(base_config, overrides)``;
+  default ``recbole_fork.config.build_config``.
+
+Relative paths are relative to the project root (the nearest folder above the sweep file
+holding ``pyproject.toml``; else the sweep file's folder), never to the working directory.
+A value ``same_as_<key>`` (e.g. ``inner_size: same_as_hidden``) copies the trial's value of
+``<key>`` (``hidden`` stands for ``hidden_size``).
+
+Ray is imported only inside ``run_sweep`` and ``run_trial``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAINABLE = "recbole_fork.run.pre_train"
+DEFAULT_CONFIG_BUILDER = "recbole_fork.config.build_config"
+DEFAULT_SEED = (
+    2020  # RecBole's default seed, used when neither the base config nor the grid sets one
+)
+CHECKPOINT_FILE = "checkpoint.pth"
+_SPEC_KEYS = {
+    "base_config", "experiment", "grid", "budget", "overrides", "inner_size", "data_path",
+    "checkpoint_dir", "trainable", "config_builder",
+}  # fmt: skip
+_REQUIRED = ("base_config", "experiment", "grid", "budget", "checkpoint_dir")
+_ALIASES = {"hidden": "hidden_size", "layers": "n_layers"}
+# Short run-name tags of grid keys other than size, dataset and seed.
+_NAME_TAGS = {
+    "num_negatives": "neg", "learning_rate": "lr", "n_heads": "h", "inner_size": "ff",
+    "max_seq_length": "len", "hidden_dropout_prob": "do", "train_batch_size": "b",
+}  # fmt: skip
+
+
+class SweepError(ValueError):
+    """A user-caused problem with a sweep file (one line naming the key and the fix)."""
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed, validated sweep file (paths absolute)."""
+
+    path: Path
+    base_config: Path
+    experiment: str
+    grid: dict[str, list[Any]]
+    budget: dict[str, Any]
+    overrides: dict[str, Any]
+    checkpoint_dir: Path
+    data_path: Path | None = None
+    trainable: str = DEFAULT_TRAINABLE
+    config_builder: str = DEFAULT_CONFIG_BUILDER
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One grid point: its name, the config overrides, where its checkpoint goes."""
+
+    run_name: str
+    overrides: dict[str, Any]
+    checkpoint_path: Path
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did, by run name.
+
+    Attributes:
+        planned: every trial of the grid, in grid order.
+        skipped: already FINISHED in MLflow before this invocation.
+        finished: launched now and FINISHED in MLflow afterwards.
+        failed: launched now and not FINISHED: name -> the error, one line.
+        not_launched: left for a later invocation by ``max_trials``.
+    """
+
+    planned: list[str]
+    skipped: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    not_launched: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for the console."""
+        lines = [
+            f"sweep: {len(self.planned)} trials; {len(self.skipped)} already finished (skipped), "
+            f"{len(self.finished)} finished now, {len(self.failed)} failed, "
+            f"{len(self.not_launched)} left for a later run"
+        ]
+        lines += [f"  FAILED {name}: {error}" for name, error in self.failed.items()]
+        return "\n".join(lines)
+
+
+def project_root(path: Path) -> Path:
+    """The nearest folder at or above ``path``'s folder holding ``pyproject.toml`` (else that folder)."""
+    folder = path.resolve().parent
+    for candidate in (folder, *folder.parents):
+        if (candidate / "pyproject.toml").is_file():
+            return candidate
+    return folder
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file.
+
+    Raises:
+        SweepError: missing file, unknown or missing key, empty grid, bad budget, missing
+            base config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file {path} not found; see confs/sweeps/ for examples")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise SweepError(f"{path}: the top level must be a mapping of key: value")
+    unknown = sorted(set(raw) - _SPEC_KEYS)
+    if unknown:
+        raise SweepError(
+            f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_SPEC_KEYS))}"
+        )
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise SweepError(f"{path}: missing key {missing[0]!r} (required: {', '.join(_REQUIRED)})")
+    grid = raw["grid"]
+    if not isinstance(grid, dict) or not grid:
+        raise SweepError(
+            f"{path}: 'grid' must be a non-empty mapping of config key -> list of values"
+        )
+    grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+    empty = [k for k, v in grid.items() if not v]
+    if empty:
+        raise SweepError(f"{path}: grid key {empty[0]!r} has no values")
+    budget = raw["budget"]
+    if not (isinstance(budget, dict) and len(budget) == 1 and set(budget) <= {"epochs", "tokens"}):
+        raise SweepError(
+            f"{path}: 'budget' must be {{epochs: N}}, {{epochs: {{dataset: N}}}} or {{tokens: T}}"
+        )
+    overrides = dict(raw.get("overrides") or {})
+    if "inner_size" in raw:
+        overrides["inner_size"] = raw["inner_size"]
+    root = project_root(path)
+
+    def absolute(value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else root / p
+
+    base = absolute(raw["base_config"])
+    if not base.is_file():
+        raise SweepError(f"{path}: base_config {base} not found")
+    return SweepSpec(
+        path=path.resolve(),
+        base_config=base,
+        experiment=str(raw["experiment"]),
+        grid=grid,
+        budget=dict(budget),
+        overrides=overrides,
+        checkpoint_dir=absolute(raw["checkpoint_dir"]),
+        data_path=absolute(raw["data_path"]) if raw.get("data_path") else None,
+        trainable=str(raw.get("trainable") or DEFAULT_TRAINABLE),
+        config_builder=str(raw.get("config_builder") or DEFAULT_CONFIG_BUILDER),
+    )
+
+
+def _tag(value: Any) -> str:
+    """A value as a run-name fragment: no spaces or path characters."""
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return "".join(ch for ch in text if ch.isalnum() or ch in ".-")
+
+
+def run_name(values: Mapping[str, Any], grid_keys: Sequence[str] = ()) -> str:
+    """The run name of a trial: ``sasrecx-d64-l2-amazon-1M-s42``.
+
+    Model, width, depth, the item encoder unless ``id`` (``text``, ``idtext``), any other
+    grid key (``neg300``, ``lr0.0001``), then dataset and seed: the same form as
+    ``recbole_fork.run.default_run_name`` when the grid varies only sizes and data.
+
+    Args:
+        values: the trial's resolved settings (base config, overrides, grid point).
+        grid_keys: the keys the grid varies (the others than size, dataset and seed are
+            added to the name so that two trials never share it).
+    """
+    parts = [str(values.get("model", "model")).lower()]
+    if values.get("hidden_size") is not None:
+        parts.append(f"d{values['hidden_size']}")
+    if values.get("n_layers") is not None:
+        parts.append(f"l{values['n_layers']}")
+    encoder = values.get("item_encoder")
+    if encoder and encoder != "id":  # as recbole_fork.run.default_run_name does
+        parts.append(_tag(encoder).replace("+", ""))
+    for key in grid_keys:
+        if key in ("model", "hidden_size", "n_layers", "item_encoder", "dataset", "seed"):
+            continue
+        parts.append(_NAME_TAGS.get(key, key.replace("_", "")) + _tag(values[key]))
+    parts += [str(values.get("dataset", "data")), f"s{values.get('seed', DEFAULT_SEED)}"]
+    return "-".join(parts)
+
+
+def count_interactions(data_path: Path, dataset: str) -> int:
+    """Interactions of ``<data_path>/<dataset>/<dataset>.inter`` (lines minus the header).
+
+    Raises:
+        SweepError: the file does not exist.
+    """
+    inter = data_path / dataset / f"{dataset}.inter"
+    if not inter.is_file():
+        raise SweepError(
+            f"token budget: {inter} not found; build the dataset first or set data_path"
+        )
+    lines = 0
+    with inter.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            lines += chunk.count(b"\n")
+    return max(lines - 1, 0)
+
+
+def _epochs(spec: SweepSpec, dataset: str, data_path: Path | None) -> int:
+    """Epochs of one trial from the budget (see the module docstring)."""
+    if "epochs" in spec.budget:
+        epochs = spec.budget["epochs"]
+        if isinstance(epochs, dict):
+            if dataset not in epochs:
+                raise SweepError(f"{spec.path}: budget.epochs has no entry for dataset {dataset!r}")
+            epochs = epochs[dataset]
+        return int(epochs)
+    if data_path is None:
+        raise SweepError(
+            f"{spec.path}: a token budget needs data_path (in the sweep or the base config)"
+        )
+    n = count_interactions(data_path, dataset)
+    return max(1, math.ceil(float(spec.budget["tokens"]) / max(n, 1)))
+
+
+def _resolve_ties(values: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``same_as_<key>`` values by the trial's value of ``<key>``."""
+    out = dict(values)
+    for key, value in values.items():
+        if isinstance(value, str) and value.startswith("same_as_"):
+            source = value.removeprefix("same_as_")
+            source = _ALIASES.get(source, source)
+            if source not in values:
+                raise SweepError(
+                    f"{key}: {value} refers to {source!r}, which the trial does not set"
+                )
+            out[key] = values[source]
+    return out
+
+
+def expand_trials(spec: SweepSpec) -> list[Trial]:
+    """Every grid point as a ``Trial``, in grid order (the product, last key fastest).
+
+    Raises:
+        SweepError: a ``same_as_`` reference to an unknown key, a missing budget entry, or
+            two grid points with the same run name.
+    """
+    base = yaml.safe_load(spec.base_config.read_text(encoding="utf-8")) or {}
+    keys = list(spec.grid)
+    trials: list[Trial] = []
+    for combo in itertools.product(*(spec.grid[k] for k in keys)):
+        point = dict(zip(keys, combo, strict=True))
+        values = _resolve_ties({**base, **spec.overrides, **point})
+        data_path = spec.data_path or (
+            Path(values["data_path"]) if values.get("data_path") else None
+        )
+        overrides = {**spec.overrides, **point}
+        overrides = {k: values[k] for k in overrides}  # ties resolved
+        overrides["epochs"] = _epochs(spec, str(values.get("dataset")), data_path)
+        if spec.data_path is not None:
+            overrides["data_path"] = str(spec.data_path)
+        name = run_name(values, keys)
+        overrides["run_name"] = name
+        overrides["experiment"] = spec.experiment
+        trials.append(Trial(name, overrides, spec.checkpoint_dir / name / CHECKPOINT_FILE))
+    names = [t.run_name for t in trials]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SweepError(
+            f"{spec.path}: grid points share the run name {dup[0]!r}; vary a key the name shows"
+        )
+    return trials
+
+
+def import_object(dotted: str) -> Any:
+    """``package.module.attr`` -> the object.
+
+    Raises:
+        SweepError: the module or attribute does not exist.
+    """
+    module, _, attr = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise SweepError(
+            f"cannot import {dotted!r} ({e}); give a dotted path module.function"
+        ) from None
+
+
+def finished_run_names(experiment: str, tracking_uri: str | None) -> set[str]:
+    """Names of the experiment's FINISHED runs (an empty set if it does not exist yet)."""
+    from recbole_fork import tracking
+
+    runs = tracking.search_runs(
+        experiment, tracking_uri, filter_string="attributes.status = 'FINISHED'"
+    )
+    return {r["run_name"] for r in runs}
+
+
+def _ensure_experiment(experiment: str, tracking_uri: str | None) -> None:
+    """Create the experiment before the trials start, so concurrent trials never race to.
+
+    Without this, two trials starting together both try to create it and one of them
+    fails over to the fallback store.
+    """
+    # TODO(lead): move into recbole_fork.tracking (the one module meant to import mlflow).
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from recbole_fork import tracking
+
+    client = MlflowClient(tracking_uri=tracking.resolve_tracking_uri(tracking_uri))
+    if client.get_experiment_by_name(experiment) is None:
+        try:
+            client.create_experiment(experiment)
+        except MlflowException:  # created meanwhile by another driver
+            if client.get_experiment_by_name(experiment) is None:
+                raise
+
+
+def absolute_tracking_uri(tracking_uri: str | None) -> str:
+    """The tracking URI with a relative sqlite path made absolute (from the working directory).
+
+    Ray Tune runs each trial in its own folder, so ``sqlite:///mlruns.sqlite`` (the default)
+    would give every trial its own store; the driver resolves it once for all of them.
+    """
+    from recbole_fork import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: build the config, train, report once.
+
+    ``config["trial"]`` carries ``run_name``, ``base_config``, ``overrides``, ``checkpoint_path``,
+    ``trainable``, ``config_builder`` and ``tracking_uri`` (plain data, sent to the worker).
+    A checkpoint left by an interrupted attempt is resumed.
+    """
+    from ray import tune
+
+    trial = config["trial"]
+    build = import_object(trial["config_builder"])
+    train = import_object(trial["trainable"])
+    run_config = build(trial["base_config"], trial["overrides"])
+    checkpoint = Path(trial["checkpoint_path"])
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    result = train(
+        run_config, checkpoint, resume=checkpoint.is_file(), tracking_uri=trial["tracking_uri"]
+    )
+    metrics = {
+        k: float(v)
+        for k, v in (result or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    tune.report({**metrics, "trial_done": 1.0})
+
+
+def _one_line(error: BaseException | None) -> str:
+    """The most telling line of a (Ray-wrapped) exception: the last non-empty one."""
+    if error is None:
+        return "the trial returned but no FINISHED MLflow run has its name"
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    max_concurrent: int | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    max_trials: int | None = None,
+) -> SweepResult:
+    """Run the trials of ``spec`` that MLflow does not list as FINISHED, with Ray Tune.
+
+    Args:
+        spec: from ``load_sweep``.
+        tracking_uri: the MLflow store every trial logs to (must be reachable from every
+            Ray node: an ``http://`` server, or a sqlite file on a shared disk); default
+            ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns.sqlite``, a relative sqlite path
+            taken from the working directory (see ``absolute_tracking_uri``).
+        ray_address: an existing Ray cluster (``ray://host:10001`` or ``auto``); None
+            starts a local Ray (without dashboard) for the sweep and stops it after.
+        num_cpus: CPUs of the local Ray (ignored with ``ray_address``).
+        max_concurrent: trials at once (default: as many as the resources allow).
+        cpus_per_trial, gpus_per_trial: resources each trial reserves.
+        max_trials: launch at most this many of the pending trials (grid order), leaving
+            the rest for the next invocation.
+
+    Returns:
+        What was skipped, finished and failed; a failed trial never raises here.
+
+    Raises:
+        SweepError: a bad spec (found before anything starts).
+    """
+    trials = expand_trials(spec)
+    import_object(spec.trainable)  # a typo fails here, not once per trial on the workers
+    import_object(spec.config_builder)
+    result = SweepResult(planned=[t.run_name for t in trials])
+    tracking_uri = absolute_tracking_uri(tracking_uri)
+    _ensure_experiment(spec.experiment, tracking_uri)
+    done = finished_run_names(spec.experiment, tracking_uri)
+    pending = [t for t in trials if t.run_name not in done]
+    result.skipped = [t.run_name for t in trials if t.run_name in done]
+    if max_trials is not None:
+        result.not_launched = [t.run_name for t in pending[max_trials:]]
+        pending = pending[:max_trials]
+    if not pending:
+        return result
+
+    import ray
+    from ray import tune
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        if ray_address:
+            ray.init(address=ray_address)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False)
+    try:
+        space = [
+            {
+                "run_name": t.run_name,
+                "base_config": str(spec.base_config),
+                "overrides": t.overrides,
+                "checkpoint_path": str(t.checkpoint_path),
+                "trainable": spec.trainable,
+                "config_builder": spec.config_builder,
+                "tracking_uri": tracking_uri,
+            }
+            for t in pending
+        ]
+        tuner = tune.Tuner(
+            tune.with_resources(run_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+            param_space={"trial": tune.grid_search(space)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=max_concurrent,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=_tag(spec.experiment) or "sweep",
+                storage_path=str(spec.checkpoint_dir / "ray_results"),
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                verbose=1,
+            ),
+        )
+        grid = tuner.fit()
+        errors = {r.config["trial"]["run_name"]: r.error for r in grid}
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    now_done = finished_run_names(spec.experiment, tracking_uri)
+    for t in pending:
+        if t.run_name in now_done:
+            result.finished.append(t.run_name)
+        else:
+            result.failed[t.run_name] = _one_line(errors.get(t.run_name))
+    return result
+
+
+def _trial_name(trial: Any) -> str:
+    """Ray trial name and folder: the run name."""
+    return trial.config["trial"]["run_name"]

@@ -1,0 +1,1 @@
+"""Tests of recbole_fork.scaling: fits, frontier, report, sweeps."""
