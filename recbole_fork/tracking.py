@@ -124,8 +124,7 @@ class Tracker:
                 logger.warning(f"MLflow run {run_id} not found at {uri}; starting a new run")
                 run_id = None
         if run_id is None:
-            exp = client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+            exp_id = ensure_experiment(self.experiment, uri, client=client)
             run = client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
             run_id = run.info.run_id
         self.client, self.run_id, self.uri = client, run_id, uri
@@ -232,6 +231,24 @@ class Tracker:
             self.finish("KILLED")
         else:
             self.finish("FAILED")
+
+
+def ensure_experiment(experiment: str, tracking_uri: str | None = None, client: Any = None) -> str:
+    """The id of ``experiment``, created if missing; safe when several processes race to create it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = client or MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(experiment)
+    except MlflowException:  # created meanwhile by another process
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 # -- reading runs back (the scaling report, sweeps) ------------------------------------------

@@ -444,6 +444,7 @@ class SeqTrainer(Trainer):
         for name, value in test.items():
             final[f"best_{metric_key('test', name)}"] = value
         # Training FLOPs ~ 3 x forward (forward + backward) per input position trained.
+        final["total_tokens"] = float(self.tokens_trained)
         final["total_flops"] = float(3 * self.model.flops_per_token() * self.tokens_trained)
         self._log(final, step=None)
         self.final_metrics = final

@@ -46,6 +46,8 @@ from typing import Any
 
 import yaml
 
+from recbole_fork import tracking
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRAINABLE = "recbole_fork.run.pre_train"
@@ -330,33 +332,11 @@ def import_object(dotted: str) -> Any:
 
 def finished_run_names(experiment: str, tracking_uri: str | None) -> set[str]:
     """Names of the experiment's FINISHED runs (an empty set if it does not exist yet)."""
-    from recbole_fork import tracking
 
     runs = tracking.search_runs(
         experiment, tracking_uri, filter_string="attributes.status = 'FINISHED'"
     )
     return {r["run_name"] for r in runs}
-
-
-def _ensure_experiment(experiment: str, tracking_uri: str | None) -> None:
-    """Create the experiment before the trials start, so concurrent trials never race to.
-
-    Without this, two trials starting together both try to create it and one of them
-    fails over to the fallback store.
-    """
-    # TODO(lead): move into recbole_fork.tracking (the one module meant to import mlflow).
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from recbole_fork import tracking
-
-    client = MlflowClient(tracking_uri=tracking.resolve_tracking_uri(tracking_uri))
-    if client.get_experiment_by_name(experiment) is None:
-        try:
-            client.create_experiment(experiment)
-        except MlflowException:  # created meanwhile by another driver
-            if client.get_experiment_by_name(experiment) is None:
-                raise
 
 
 def absolute_tracking_uri(tracking_uri: str | None) -> str:
@@ -365,13 +345,8 @@ def absolute_tracking_uri(tracking_uri: str | None) -> str:
     Ray Tune runs each trial in its own folder, so ``sqlite:///mlruns.sqlite`` (the default)
     would give every trial its own store; the driver resolves it once for all of them.
     """
-    from recbole_fork import tracking
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
+    return tracking.resolve_tracking_uri(tracking_uri)
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -446,7 +421,7 @@ def run_sweep(
     import_object(spec.config_builder)
     result = SweepResult(planned=[t.run_name for t in trials])
     tracking_uri = absolute_tracking_uri(tracking_uri)
-    _ensure_experiment(spec.experiment, tracking_uri)
+    tracking.ensure_experiment(spec.experiment, tracking_uri)
     done = finished_run_names(spec.experiment, tracking_uri)
     pending = [t for t in trials if t.run_name not in done]
     result.skipped = [t.run_name for t in trials if t.run_name in done]
