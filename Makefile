@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 REQS ?= requirements_cpu.txt
 STAMP := $(VENV)/.installed-$(notdir $(REQS))
 
-.PHONY: setup test test-fast lint format demo clean
+.PHONY: setup test test-slow test-all lint format demo clean
 
 setup: $(STAMP)
 
@@ -32,12 +32,18 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The default run: lint, then every test not marked slow (a few minutes on 2 cores).
 # pytest exits 5 when it collects no test: make treats that as a failure, as it should.
 test: lint
-	$(BIN)/python -m pytest -q
-
-test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Slow tests (real data, Ray clusters, the MLflow UI in Chromium, larger ETL runs);
+# CI runs them after `make test`.
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: lint
+	$(BIN)/python -m pytest -q
 
 demo: setup
 	$(BIN)/python scripts/demo.py

@@ -234,7 +234,7 @@ def test_checkpoint_contents_and_logged_names(tmp_path):
                  "tokens_per_s", "train_ndcg_at_10", "valid_hr_at_10", "test_mrr_at_10"):  # fmt: skip
         assert name in epoch0
     assert set(result) == {
-        "best_epoch", "best_valid_loss", "best_test_loss", "total_flops",
+        "best_epoch", "best_valid_loss", "best_test_loss", "total_flops", "total_tokens",
         *(f"best_{p}_{m}_at_10" for p in ("valid", "test") for m in ("hr", "ndcg", "mrr")),
     }  # fmt: skip
     assert tracker.params["params_embedding"] == 26 * 16  # 25 items + padding, D = 16
