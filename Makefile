@@ -21,7 +21,7 @@ $(STAMP): $(REQS) pyproject.toml
 	$(BIN)/pip install --quiet -r $(REQS)
 	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
-	-$(BIN)/pip check
+	$(BIN)/pip check || echo "pip check: the recbole ray pin above is the one deliberate exception (README)"
 	touch $@
 
 lint: setup
