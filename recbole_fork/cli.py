@@ -29,6 +29,29 @@ def write_result(checkpoint: str | Path, result: dict) -> Path:
     return path
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """The arguments both scripts share: data path, ``--set`` overrides, tracking URI."""
+    p.add_argument(
+        "--data-path", help="folder holding <dataset>/<dataset>.inter (default: the config's)"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (YAML-typed value; dotted keys reach into mappings); repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.sqlite)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` items, plus ``data_path`` when ``--data-path`` is given."""
+    overrides = list(args.overrides)
+    if args.data_path:
+        overrides.append(f"data_path={args.data_path}")
+    return overrides
+
+
 def _pre_train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pre_train.py",
@@ -38,19 +61,9 @@ def _pre_train_parser() -> argparse.ArgumentParser:
         "-c", "--config", required=True, help="config file (.yaml/.json; extension optional)"
     )
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (and to resume from)")
-    p.add_argument(
-        "--data-path", help="folder holding <dataset>/<dataset>.inter (default: the config's)"
-    )
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key (YAML-typed value; dotted keys reach into mappings); repeatable",
-    )  # fmt: skip
+    _add_run_args(p)
     p.add_argument(
         "--resume", action="store_true", help="continue a killed run from its checkpoint"
-    )
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.sqlite)",
     )
     return p
 
@@ -60,9 +73,7 @@ def pre_train_main(argv: Sequence[str] | None = None) -> int:
     args = _pre_train_parser().parse_args(argv)
     from recbole_fork.run import pre_train
 
-    overrides = list(args.overrides)
-    if args.data_path:
-        overrides.append(f"data_path={args.data_path}")
+    overrides = _overrides(args)
     try:
         config = build_config(args.config, overrides)
         result = pre_train(
@@ -99,17 +110,7 @@ def _fine_tune_parser() -> argparse.ArgumentParser:
         "-p", "--pretrain-config",
         help="pre-training config; optional, checked against the checkpoint's own config",
     )  # fmt: skip
-    p.add_argument(
-        "--data-path", help="folder holding <dataset>/<dataset>.inter (default: the config's)"
-    )
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key (YAML-typed value; dotted keys reach into mappings); repeatable",
-    )  # fmt: skip
-    p.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.sqlite)",
-    )
+    _add_run_args(p)
     return p
 
 
@@ -118,9 +119,7 @@ def fine_tune_main(argv: Sequence[str] | None = None) -> int:
     args = _fine_tune_parser().parse_args(argv)
     from recbole_fork.finetune import fine_tune, fine_tune_config
 
-    overrides = list(args.overrides)
-    if args.data_path:
-        overrides.append(f"data_path={args.data_path}")
+    overrides = _overrides(args)
     try:
         config = fine_tune_config(
             args.config,

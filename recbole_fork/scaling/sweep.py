@@ -339,16 +339,6 @@ def finished_run_names(experiment: str, tracking_uri: str | None) -> set[str]:
     return {r["run_name"] for r in runs}
 
 
-def absolute_tracking_uri(tracking_uri: str | None) -> str:
-    """The tracking URI with a relative sqlite path made absolute (from the working directory).
-
-    Ray Tune runs each trial in its own folder, so ``sqlite:///mlruns.sqlite`` (the default)
-    would give every trial its own store; the driver resolves it once for all of them.
-    """
-
-    return tracking.resolve_tracking_uri(tracking_uri)
-
-
 def run_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: build the config, train, report once.
 
@@ -401,7 +391,7 @@ def run_sweep(
         tracking_uri: the MLflow store every trial logs to (must be reachable from every
             Ray node: an ``http://`` server, or a sqlite file on a shared disk); default
             ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns.sqlite``, a relative sqlite path
-            taken from the working directory (see ``absolute_tracking_uri``).
+            taken from the working directory (see ``tracking.resolve_tracking_uri``).
         ray_address: an existing Ray cluster (``ray://host:10001`` or ``auto``); None
             starts a local Ray (without dashboard) for the sweep and stops it after.
         num_cpus: CPUs of the local Ray (ignored with ``ray_address``).
@@ -420,7 +410,7 @@ def run_sweep(
     import_object(spec.trainable)  # a typo fails here, not once per trial on the workers
     import_object(spec.config_builder)
     result = SweepResult(planned=[t.run_name for t in trials])
-    tracking_uri = absolute_tracking_uri(tracking_uri)
+    tracking_uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.ensure_experiment(spec.experiment, tracking_uri)
     done = finished_run_names(spec.experiment, tracking_uri)
     pending = [t for t in trials if t.run_name not in done]

@@ -113,7 +113,7 @@ def test_finished_runs_are_skipped_by_name(tmp_path):
 
 
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
-    from recbole_fork.scaling.sweep import absolute_tracking_uri
+    from recbole_fork.tracking import resolve_tracking_uri as absolute_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
