@@ -35,9 +35,13 @@ def map_tasks(
         fn: a module-level function (it is shipped to worker processes).
         tasks: picklable arguments, one per call (a sequence or an iterator).
         total: the number of tasks for the progress bar when `tasks` has no len().
-        workers: processes (multiprocess) or CPUs for a local Ray instance; 1 runs inline.
+        workers: processes (multiprocess, 1 runs inline) or CPUs of a local Ray instance.
+            On an existing cluster (`ray_address`) the cluster's CPUs run the tasks and
+            `workers` only bounds the tasks in flight (2 * workers): give its CPU count.
         engine: 'multiprocess' or 'ray'.
-        ray_address: passed to `ray.init(address=...)`; None starts a local instance.
+        ray_address: passed to `ray.init(address=...)` (`head:6379`, or `auto` on a node of
+            the cluster); None starts a local instance. The workers import `etl` as
+            installed on their node, and every node must see the input and output paths.
         desc: progress bar label.
         progress: show a tqdm bar.
 

@@ -19,14 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--config", required=True, help="sweep file (confs/sweeps/*.yaml)")
     parser.add_argument(
         "--ray-address",
-        help="existing Ray cluster (e.g. auto, ray://head:10001); default: a local Ray",
+        help="existing Ray cluster (head:6379, or auto on one of its nodes); default: a local Ray",
     )
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     parser.add_argument(
         "--max-concurrent", type=int, help="trials at once (default: as resources allow)"
     )
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0)
+    parser.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="GPUs each trial reserves and trains on"
+    )
     parser.add_argument(
         "--tracking-uri",
         help="MLflow URI reachable from every Ray node (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.sqlite)",

@@ -39,6 +39,7 @@ import importlib
 import itertools
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,12 +347,20 @@ def run_trial(config: dict[str, Any]) -> None:
     ``trainable``, ``config_builder`` and ``tracking_uri`` (plain data, sent to the worker).
     A checkpoint left by an interrupted attempt is resumed.
     """
+    import ray
     from ray import tune
 
     trial = config["trial"]
     build = import_object(trial["config_builder"])
     train = import_object(trial["trainable"])
-    run_config = build(trial["base_config"], trial["overrides"])
+    overrides = dict(trial["overrides"])
+    gpus = ray.get_gpu_ids()
+    if gpus:
+        # RecBole's Config sets CUDA_VISIBLE_DEVICES to its gpu_id (default '0'), which would
+        # undo the GPU(s) Ray reserved for this trial and put every trial of a node on its
+        # first GPU; name Ray's GPU(s) instead. No GPU reserved: the config decides.
+        overrides["gpu_id"] = ",".join(str(g) for g in gpus)
+    run_config = build(trial["base_config"], overrides)
     checkpoint = Path(trial["checkpoint_path"])
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     result = train(
@@ -363,6 +372,24 @@ def run_trial(config: dict[str, Any]) -> None:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }
     tune.report({**metrics, "trial_done": 1.0})
+
+
+def worker_runtime_env(root: Path) -> dict[str, Any]:
+    """The Ray ``runtime_env`` of a sweep on an existing cluster: ``PYTHONPATH`` for workers.
+
+    A local Ray's workers inherit the driver's environment; a cluster's workers inherit the
+    environment of ``ray start`` instead, so a trainable or config builder outside the
+    installed packages (a module of the project, ``tests.scaling.scaling_fake_trainable``)
+    would not import there. This puts the project root, then the driver's ``PYTHONPATH``, on
+    the workers' ``PYTHONPATH``. The paths are the driver's: every node must see the project
+    at the same path, as it must already see ``base_config``, ``data_path`` and
+    ``checkpoint_dir`` (a shared disk or identical checkouts).
+
+    Args:
+        root: the project root (``project_root`` of the sweep file).
+    """
+    paths = [str(root), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(p for p in paths if p))}}
 
 
 def _one_line(error: BaseException | None) -> str:
@@ -392,11 +419,14 @@ def run_sweep(
             Ray node: an ``http://`` server, or a sqlite file on a shared disk); default
             ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns.sqlite``, a relative sqlite path
             taken from the working directory (see ``tracking.resolve_tracking_uri``).
-        ray_address: an existing Ray cluster (``ray://host:10001`` or ``auto``); None
-            starts a local Ray (without dashboard) for the sweep and stops it after.
+        ray_address: an existing Ray cluster (``head:6379`` or ``auto`` from one of its
+            nodes, ``ray://head:10001``), whose workers get the project root on their
+            PYTHONPATH (``worker_runtime_env``); None starts a local Ray (without
+            dashboard) for the sweep and stops it after.
         num_cpus: CPUs of the local Ray (ignored with ``ray_address``).
         max_concurrent: trials at once (default: as many as the resources allow).
-        cpus_per_trial, gpus_per_trial: resources each trial reserves.
+        cpus_per_trial, gpus_per_trial: resources each trial reserves; a trial that
+            reserved GPUs trains on those (its ``gpu_id`` is set to Ray's GPU ids).
         max_trials: launch at most this many of the pending trials (grid order), leaving
             the rest for the next invocation.
 
@@ -427,7 +457,7 @@ def run_sweep(
     started_ray = not ray.is_initialized()
     if started_ray:
         if ray_address:
-            ray.init(address=ray_address)
+            ray.init(address=ray_address, runtime_env=worker_runtime_env(project_root(spec.path)))
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from recbole_fork.scaling.sweep import SweepError, expand_trials, load_sweep, run_name
+from tests.netns_util import private_network
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -122,6 +122,80 @@ def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
+def test_cluster_address_resources_and_worker_path_reach_ray(tmp_path, monkeypatch):
+    """--ray-address and --cpus/--gpus-per-trial as Ray and Tune receive them; Ray never starts."""
+    ray = pytest.importorskip("ray")
+    from ray import tune
+
+    from tests.scaling.scaling_scripts import sweep_main
+
+    seen = {}
+
+    class FakeTuner:
+        def __init__(self, trainable, **kwargs):
+            seen["trainable"] = trainable
+
+        def fit(self):
+            return []
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.setdefault("init", kwargs))
+    monkeypatch.setattr(ray, "shutdown", lambda: seen.setdefault("shutdown", True))
+    monkeypatch.setattr(tune, "Tuner", FakeTuner)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    sweep = write_sweep(tmp_path)
+    code = sweep_main(["-c", str(sweep), "--ray-address", "127.0.0.1:6379",
+                       "--cpus-per-trial", "2", "--gpus-per-trial", "1",
+                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])  # fmt: skip
+    assert code == 1  # the fake Tuner ran nothing: no trial has a FINISHED run
+    # The workers find the project (the sweep file's folder here) and the driver's path.
+    pythonpath = f"{sweep.resolve().parent}{os.pathsep}{REPO}"
+    assert seen["init"] == {
+        "address": "127.0.0.1:6379",
+        "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
+    }
+    assert seen["trainable"]._resources.required_resources == {"CPU": 2.0, "GPU": 1.0}
+    assert seen["shutdown"]
+
+
+RECORDED: list[dict] = []
+
+
+def record_config(config, checkpoint_path, *, resume=False, tracking_uri=None) -> dict:
+    """A trainable that keeps the config it was given."""
+    RECORDED.append(dict(config))
+    return {"best_test_loss": 1.5}
+
+
+@pytest.mark.parametrize(("gpu_ids", "gpu_id"), [(["2", "3"], "2,3"), ([], None)])
+def test_trial_trains_on_the_gpus_ray_reserved(tmp_path, monkeypatch, gpu_ids, gpu_id):
+    """RecBole would reset CUDA_VISIBLE_DEVICES to its gpu_id '0': the trial names Ray's GPUs."""
+    ray = pytest.importorskip("ray")
+    from ray import tune
+
+    from recbole_fork.scaling.sweep import run_trial
+
+    reports = []
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: gpu_ids)
+    monkeypatch.setattr(tune, "report", reports.append)
+    RECORDED.clear()
+    base = tmp_path / "base.yaml"
+    base.write_text("model: SASRecX\n")
+    trial = {
+        "run_name": "sasrecx-tiny-s42",
+        "base_config": str(base),
+        "overrides": {"epochs": 1},
+        "checkpoint_path": str(tmp_path / "ckpt" / "checkpoint.pth"),
+        "trainable": f"{__name__}.record_config",
+        "config_builder": "tests.scaling.scaling_fake_trainable.build_config",
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    run_trial({"trial": trial})
+    assert RECORDED[0].get("gpu_id") == gpu_id
+    assert RECORDED[0]["epochs"] == 1
+    assert reports == [{"best_test_loss": 1.5, "trial_done": 1.0}]
+
+
 def test_importing_the_package_imports_neither_ray_nor_mlflow():
     code = (
         "import sys, recbole_fork, recbole_fork.scaling.sweep, recbole_fork.scaling.report; "
@@ -133,23 +207,11 @@ def test_importing_the_package_imports_neither_ray_nor_mlflow():
     assert out.stdout.strip() == "[]"
 
 
-def _netns_prefix() -> list[str]:
-    """``unshare -rn`` with loopback up, or skip saying why it is impossible here."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("needs unshare and ip (util-linux, iproute2) for a private network namespace")
-    probe = subprocess.run(
-        ["unshare", "-rn", "sh", "-c", "ip link set lo up"], capture_output=True, text=True
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot create a private network namespace here: {probe.stderr.strip()[:200]}")
-    return ["unshare", "-rn", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
-
-
 @pytest.mark.slow
 @pytest.mark.network_ns
 def test_sweep_on_local_ray_resumes_without_duplicates(tmp_path):
     """2 x 2 trials: stop after the first, restart with one planned failure, restart again."""
-    prefix = _netns_prefix()
+    prefix = private_network()
     base = {
         "model": "SASRecX",
         "seed": 42,
