@@ -63,7 +63,8 @@ class SeqData:
         item_counts: int64 [n_items], occurrences of each item in the training split
             (0 for padding and for items seen only as valid / test targets).
         n_short_users: users with 1 or 2 interactions (training only, never evaluated).
-        max_seq_length, train_mode, train_window_stride, seed: the settings in use.
+        max_seq_length, train_mode, train_window_stride, seed, trim_padding,
+            bucket_batches, eval_by_length: the settings in use (``properties/data.yaml``).
     """
 
     def __init__(
@@ -75,6 +76,9 @@ class SeqData:
         train_window_stride: int | None = None,
         seed: int = 0,
         pin_memory: bool = False,
+        trim_padding: bool = True,
+        bucket_batches: int = 0,
+        eval_by_length: bool = True,
     ) -> None:
         if train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode={train_mode!r} is not one of {list(TRAIN_MODES)}")
@@ -86,6 +90,10 @@ class SeqData:
                 f"train_window_stride={stride}: must be between 1 and max_seq_length="
                 f"{max_seq_length} (a larger stride would skip training transitions)"
             )
+        if int(bucket_batches) < 0:
+            raise ValueError(
+                f"train_bucket_batches={bucket_batches}: must be 0 (off) or a number of batches"
+            )
         self.dataset = dataset
         self.name = str(dataset.dataset_name)
         self.max_seq_length = int(max_seq_length)
@@ -93,6 +101,9 @@ class SeqData:
         self.train_window_stride = stride
         self.seed = int(seed)
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self.trim_padding = bool(trim_padding)
+        self.bucket_batches = int(bucket_batches)
+        self.eval_by_length = bool(eval_by_length)
         self.n_items = int(dataset.item_num)
         self.n_users = int(dataset.user_num)
 
@@ -203,7 +214,13 @@ class SeqData:
     def eval_loader(
         self, phase: str, batch_size: int, *, rank: int = 0, world_size: int = 1
     ) -> EvalLoader:
-        """Evaluation batches of ``phase`` (``valid``, ``test`` or ``train``), users ascending.
+        """Evaluation batches of ``phase`` (``valid``, ``test`` or ``train``).
+
+        Users come in ascending id order, or, with ``eval_by_length``, ordered by the length
+        of their input window (ties by id), so that trimmed batches carry little padding: the
+        encoder then costs about the real positions, not ``B x max_seq_length``. Metrics are
+        sums over users, so the order changes them only by float rounding (and, in sampled
+        mode, by which users share a batch's candidates).
 
         ``train`` scores a fixed sample of users (as many as the valid set) on their last
         training item. Each batch holds ``item_seq``, ``time_seq`` [B, L], ``seq_len``,
@@ -220,9 +237,14 @@ class SeqData:
             target_pos = self._n[users] - 1
         else:
             target_pos = self._train_len[users] - 1
+        if self.eval_by_length:
+            order = np.argsort(np.minimum(target_pos, self.max_seq_length), kind="stable")
+            users, target_pos = users[order], target_pos[order]
         return EvalLoader(self, users, target_pos, int(batch_size))
 
     def _to_torch(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        if self.trim_padding:
+            arrays = _trim(arrays)
         out = {
             k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k, v in arrays.items()
         }
@@ -249,22 +271,56 @@ class TrainLoader:
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def _slices(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Users and flat window slices of sample ids ``g`` -> (users, start, length) [len(g)]."""
+        d = self.data
+        j = np.searchsorted(self._cum, g, side="right") - 1  # shard-local user index
+        users = self._users[j]
+        start, length = sample_slices(
+            d._offsets[users],
+            d._train_len[users],
+            g - self._cum[j],
+            d.max_seq_length,
+            d.train_window_stride,
+            d.train_mode,
+        )
+        return users, start, length
+
+    def batches(self) -> list[np.ndarray]:
+        """The epoch's batches as arrays of sample ids, in the order they are yielded.
+
+        Plain: one seeded permutation cut into consecutive batches. Bucketed
+        (``bucket_batches = N``): the same permutation, each run of N batches' samples
+        sorted by window length (stable, so ties keep the shuffled order), cut into
+        batches, then the batches of the whole epoch permuted by the same generator.
+        """
         d = self.data
         rng = np.random.default_rng([d.seed, self.epoch, self.rank])
         order = rng.permutation(int(self._cum[-1]))[: self.num_samples]  # [S] sample ids
-        for lo in range(0, self.num_samples, self.batch_size):
-            g = order[lo : lo + self.batch_size]  # [B]
-            j = np.searchsorted(self._cum, g, side="right") - 1  # shard-local user index
-            users = self._users[j]
-            start, length = sample_slices(
-                d._offsets[users],
-                d._train_len[users],
-                g - self._cum[j],
-                d.max_seq_length,
-                d.train_window_stride,
-                d.train_mode,
-            )
+        if d.bucket_batches > 0:
+            _, _, length = self._slices(order)
+            group = np.arange(len(order)) // (d.bucket_batches * self.batch_size)
+            order = order[np.lexsort((length, group))]  # by group, then length, stable
+        cuts = list(range(self.batch_size, self.num_samples, self.batch_size))
+        out = np.split(order, cuts)
+        if d.bucket_batches > 0:
+            out = [out[i] for i in rng.permutation(len(out))]
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        d = self.data
+        batches = self.batches()
+        # Bucketed batches differ in their number of supervised positions, so each batch's
+        # mean loss is weighted by its positions over the epoch's mean positions per batch:
+        # the epoch then weighs every position alike, as plain shuffled batches do, and the
+        # mean of the weighted batch losses is the mean loss per position.
+        mean_positions = None
+        if d.bucket_batches > 0:
+            n_in = [self._slices(g)[2] - 1 for g in batches]
+            per_batch = [int(n.sum()) if d.train_mode == "all_positions" else len(n) for n in n_in]
+            mean_positions = sum(per_batch) / max(len(per_batch), 1)
+        for b, g in enumerate(batches):
+            users, start, length = self._slices(g)
             arrays = gather_windows(
                 d._items,
                 d._times,
@@ -274,7 +330,10 @@ class TrainLoader:
                 last_only=d.train_mode == "last_position",
             )
             arrays["user"] = users
-            yield d._to_torch(arrays)
+            out = d._to_torch(arrays)
+            if mean_positions is not None:
+                out["loss_scale"] = torch.tensor(per_batch[b] / mean_positions)
+            yield out
 
 
 class EvalLoader:
@@ -309,6 +368,21 @@ class _DictConfig(dict):
 
     def __getitem__(self, key: str) -> Any:
         return self.get(key)
+
+
+def _trim(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop the trailing columns that are padding in every row of a right-padded batch.
+
+    ``item_seq`` decides the width (at least 1); every other [B, L] array is cut to it.
+    """
+    seq = arrays["item_seq"]
+    real = np.flatnonzero((seq > 0).any(axis=0))
+    width = int(real[-1]) + 1 if len(real) else 1
+    if width == seq.shape[1]:
+        return arrays
+    return {
+        k: v[:, :width] if v.ndim == 2 and v.shape == seq.shape else v for k, v in arrays.items()
+    }
 
 
 def _recbole_dataset_defaults() -> dict[str, Any]:
@@ -357,7 +431,8 @@ def build_seq_data(config: Any) -> SeqData:
         config: a RecBole ``Config`` (e.g. from ``recbole_fork.config.build_config``) or a
             mapping with the same keys (``data_path``, ``dataset``, ``USER_ID_FIELD``,
             ``ITEM_ID_FIELD``, ``TIME_FIELD``, ``load_col``, ``max_seq_length``,
-            ``train_mode``, ``train_window_stride``, ``seed``, ``pin_memory``). Keys that are
+            ``train_mode``, ``train_window_stride``, ``seed``, ``pin_memory``,
+            ``trim_padding``, ``train_bucket_batches``, ``eval_by_length``). Keys that are
             absent take the defaults of ``properties/data.yaml``.
 
     Raises:
@@ -380,4 +455,7 @@ def build_seq_data(config: Any) -> SeqData:
         train_window_stride=_setting(cfg, "train_window_stride", defaults),
         seed=int(_setting(cfg, "seed", defaults) or 0),
         pin_memory=bool(_setting(cfg, "pin_memory", defaults)),
+        trim_padding=bool(_setting(cfg, "trim_padding", defaults)),
+        bucket_batches=int(_setting(cfg, "train_bucket_batches", defaults) or 0),
+        eval_by_length=bool(_setting(cfg, "eval_by_length", defaults)),
     )

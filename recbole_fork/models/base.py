@@ -165,7 +165,8 @@ class ForkSeqModel(SequentialRecommender):
         """Mean loss over every position with ``target > 0`` of a training batch (DESIGN.md).
 
         Args:
-            batch: ``item_seq``, ``target`` int64 [B, L], optional ``time_seq``.
+            batch: ``item_seq``, ``target`` int64 [B, L], optional ``time_seq`` and
+                ``loss_scale`` (float scalar: the mean loss is multiplied by it).
             generator: torch generator for negative sampling (owned by the trainer).
 
         Raises:
@@ -179,7 +180,10 @@ class ForkSeqModel(SequentialRecommender):
         x, pos_emb, neg_ids, neg_emb, all_emb = self._embed_step(item_seq, pos_ids, generator)
         states = self._contextualise(x, item_seq, batch.get("time_seq"))  # [B, L, D]
         user = self._norm(states[sel])  # [N, D]
-        return self._score(user, pos_ids, pos_emb, neg_ids, neg_emb, all_emb)
+        loss = self._score(user, pos_ids, pos_emb, neg_ids, neg_emb, all_emb)
+        if "loss_scale" in batch:  # bucketed batches: the batch's share of the epoch's positions
+            loss = loss * batch["loss_scale"]
+        return loss
 
     def eval_step(
         self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None

@@ -69,6 +69,10 @@ def make(tmp_path, **over):
         "seed": 7,
         # RecBole drops interactions of items missing from the .item file unless told not to.
         "filter_inter_by_user_or_item": False,
+        # The layouts below are pinned at full width in user order; trimming and length
+        # ordering have their own tests at the end.
+        "trim_padding": False,
+        "eval_by_length": False,
     }
     cfg.update(over)
     return build_seq_data(cfg)
@@ -174,6 +178,7 @@ def test_build_from_recbole_config(tmp_path):
             "data_path": str(root),
             "max_seq_length": 3,
             "load_col": {"inter": ["user_id", "item_id"]},
+            "eval_by_length": False,
         }
     )
     d = build_seq_data(cfg)
@@ -306,3 +311,64 @@ def test_real_beauty_5core(shared_data, tmp_path):
     # Every training transition is supervised exactly once per epoch (stride = L).
     n_targets = sum(int((b["target"] > 0).sum()) for b in d.train_loader(4096, 0))
     assert n_targets == d.num_train_interactions() - 22363
+
+
+def _samples(loader):
+    """Every (user, inputs, targets) row of an epoch, padding stripped (batches differ in width)."""
+    out = []
+    for b in loader:
+        for u, s, t in zip(b["user"].tolist(), b["item_seq"].tolist(), b["target"].tolist()):
+            n = sum(1 for x in s if x > 0)
+            out.append((u, tuple(s[:n]), tuple(t[:n])))
+    return sorted(out)
+
+
+def test_trim_padding_cuts_to_the_longest_real_row(tmp_path):
+    d = make(tmp_path, trim_padding=True, train_mode="last_position")
+    widths = {}
+    for b in d.train_loader(1, 0):
+        n = int((b["item_seq"] > 0).sum())
+        assert b["item_seq"].shape == b["time_seq"].shape == b["target"].shape == (1, n)
+        widths[n] = widths.get(n, 0) + 1
+    # last_position prefixes: 1, 2, 3, 3 inputs for u1; 1 for u3; 1, 2 for u4; 1, 2, 3 for u5.
+    assert widths == {1: 4, 2: 3, 3: 3}
+    full = make(tmp_path / "full", train_mode="last_position")
+    assert _samples(d.train_loader(1, 0)) == _samples(full.train_loader(1, 0))
+    valid = next(iter(d.eval_loader("valid", 10)))
+    assert valid["item_seq"].shape == (4, 3) and valid["hist_items"].shape == (13,)
+
+
+def test_bucketed_batches_keep_every_sample_once_and_weight_positions(tmp_path):
+    plain = make(tmp_path / "p", train_mode="last_position", trim_padding=True)
+    d = make(tmp_path / "b", train_mode="last_position", trim_padding=True, train_bucket_batches=2)
+    # The same samples each epoch, in batches of similar length.
+    assert _samples(d.train_loader(2, 5)) == _samples(plain.train_loader(2, 5))
+    batches = list(d.train_loader(2, 5))
+    assert [len(b["user"]) for b in batches].count(2) == 5  # 10 samples, batch size 2
+    again = [b["user"].tolist() for b in d.train_loader(2, 5)]
+    assert again == [b["user"].tolist() for b in batches]  # seeded by (seed, epoch, rank)
+    # last_position: one supervised position per sample, so each full batch weighs 1.
+    assert [float(b["loss_scale"]) for b in batches] == [1.0] * 5
+    assert "loss_scale" not in next(iter(plain.train_loader(2, 5)))
+
+    # all_positions: windows of 1..3 inputs; the weights are positions / mean positions, so
+    # the mean of the weighted batch means is the mean over every position of the epoch.
+    a = make(tmp_path / "a", trim_padding=True, train_bucket_batches=4)
+    batches = list(a.train_loader(2, 0))
+    positions = [int((b["target"] > 0).sum()) for b in batches]
+    mean = sum(positions) / len(positions)
+    assert [float(b["loss_scale"]) for b in batches] == pytest.approx([p / mean for p in positions])
+    # Sorted by length inside the bucket of 4 batches (5 samples: one bucket here).
+    lengths = [int((b["item_seq"] > 0).sum(1).max()) for b in batches]
+    assert sorted(lengths) == [1, 3, 3]
+    with pytest.raises(ValueError, match="train_bucket_batches=-1"):
+        make(tmp_path / "bad", train_bucket_batches=-1)
+
+
+def test_eval_by_length_orders_users_by_input_length(tmp_path):
+    d = make(tmp_path, eval_by_length=True, trim_padding=True)
+    batches = list(d.eval_loader("valid", 1))
+    # valid input lengths (L = 3): u1 3, u2 1, u4 3, u5 3 -> u2 first, ties by user id.
+    assert [b["user"].tolist() for b in batches] == [[2], [1], [4], [5]]
+    assert batches[0]["item_seq"].tolist() == [[1]] and batches[0]["target"].tolist() == [2]
+    assert [b["hist_indptr"].tolist() for b in batches] == [[0, 1], [0, 5], [0, 3], [0, 4]]
