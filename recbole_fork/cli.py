@@ -15,6 +15,7 @@ from pathlib import Path
 
 from recbole_fork.checkpoint import CheckpointError
 from recbole_fork.config import ConfigError, build_config
+from recbole_fork.distributed import DistEnv, rank_gpu_id
 
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
 
@@ -68,13 +69,28 @@ def _pre_train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _torchrun_overrides(dist: DistEnv, overrides: list[str]) -> list[str]:
+    """Pin a data-parallel rank to its own GPU unless ``--set gpu_id=...`` says otherwise.
+
+    RecBole writes ``gpu_id`` into ``CUDA_VISIBLE_DEVICES`` while building the config (before
+    CUDA starts), so this has to be an override, not a later device choice.
+    """
+    if not dist.enabled or any(o.split("=", 1)[0].strip() == "gpu_id" for o in overrides):
+        return overrides
+    return [*overrides, f"gpu_id={rank_gpu_id(dist)}"]
+
+
 def pre_train_main(argv: Sequence[str] | None = None) -> int:
-    """``pre_train.py -c CONFIG -o CHECKPOINT [--data-path OUT] [--set k=v ...] [--resume]``."""
+    """``pre_train.py -c CONFIG -o CHECKPOINT [--data-path OUT] [--set k=v ...] [--resume]``.
+
+    Under ``torchrun`` every process runs this; rank 0 alone writes and prints the result.
+    """
     args = _pre_train_parser().parse_args(argv)
     from recbole_fork.run import pre_train
 
-    overrides = _overrides(args)
     try:
+        dist = DistEnv.from_environ()
+        overrides = _torchrun_overrides(dist, _overrides(args))
         config = build_config(args.config, overrides)
         result = pre_train(
             config,
@@ -82,12 +98,14 @@ def pre_train_main(argv: Sequence[str] | None = None) -> int:
             resume=args.resume,
             tracking_uri=args.tracking_uri,
             config_file=args.config,
+            dist=dist,
         )
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_result(args.output, result)
-    print(json.dumps(result, indent=2, sort_keys=True))
+    if dist.is_main:
+        write_result(args.output, result)
+        print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
 
@@ -121,6 +139,9 @@ def fine_tune_main(argv: Sequence[str] | None = None) -> int:
 
     overrides = _overrides(args)
     try:
+        if DistEnv.from_environ().enabled:
+            # Each process would fine-tune alone and all would write the same checkpoint.
+            raise ConfigError("fine_tune.py runs as one process: start it without torchrun")
         config = fine_tune_config(
             args.config,
             args.dataset,

@@ -2,7 +2,9 @@
 
 ``pre_train`` trains the configured model (a fork model through ``recbole_fork.trainer``,
 a stock RecBole model through ``StockTrainer``), logs everything to MLflow and returns the
-final metrics.
+final metrics. Under torchrun it trains the fork's models data-parallel
+(``recbole_fork.distributed``): rank 0 logs to MLflow and writes the checkpoint, the other
+ranks log only warnings to the console.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from recbole_fork.checkpoint import CheckpointError, load_checkpoint
 from recbole_fork.config import ForkConfig, resolve_config_path
+from recbole_fork.distributed import DistEnv, DistributedError, process_group
 from recbole_fork.models import get_model_class, is_fork_model
 from recbole_fork.params import count_parameters
 from recbole_fork.tracking import Tracker, metric_name
@@ -75,6 +78,7 @@ def pre_train(
     tracking_uri: str | None = None,
     config_file: str | Path | None = None,
     script: str = "pre_train",
+    dist: DistEnv | None = None,
 ) -> dict[str, Any]:
     """Train ``config['model']`` on ``config['dataset']``, tracked in MLflow.
 
@@ -85,15 +89,52 @@ def pre_train(
         tracking_uri: MLflow tracking URI (default: ``$MLFLOW_TRACKING_URI`` or sqlite).
         config_file: the config file, stored as an artifact of the run.
         script: names the experiment (``pre_train-<dataset>``).
+        dist: this process's place in a data-parallel run; default: torchrun's variables
+            (``DistEnv.from_environ``), one process without them. Every rank returns the
+            same result; only rank 0 logs it. On CUDA, build each rank's config with its own
+            ``gpu_id`` (``distributed.rank_gpu_id``; the command line does so).
 
     Returns:
         The final metrics (best valid epoch's valid and test metrics, parameter counts).
 
     Raises:
-        CheckpointError: ``resume`` without a readable checkpoint.
+        CheckpointError: ``resume`` without a readable checkpoint (on any rank: for
+            multi-node runs the checkpoint must be on storage every node reads).
+        DistributedError: a stock RecBole model under torchrun, or a ``train_batch_size``
+            that the world size does not divide.
     """
-    setup_logging()
+    dist = dist or DistEnv.from_environ()
+    setup_logging(logging.INFO if dist.is_main else logging.WARNING)
+    if dist.enabled:
+        if not is_fork_model(config["model"]):
+            raise DistributedError(
+                f"{config['model']} is a stock RecBole model; torchrun data parallelism "
+                "covers the fork's models only: run it as one process"
+            )
+        dist.local_batch_size(int(config["train_batch_size"]))
     run_id = resume_run_id(checkpoint_path, resume)
+    with process_group(dist, config["device"]):
+        if not dist.is_main:
+            from recbole_fork.trainer import fit
+
+            # Trains and evaluates its shard; logs nothing, writes nothing.
+            return fit(config, checkpoint_path, None, resume, dist=dist)
+        return _pre_train_tracked(
+            config, checkpoint_path, resume, tracking_uri, config_file, script, run_id, dist
+        )
+
+
+def _pre_train_tracked(
+    config: ForkConfig,
+    checkpoint_path: str | Path,
+    resume: bool,
+    tracking_uri: str | None,
+    config_file: str | Path | None,
+    script: str,
+    run_id: str | None,
+    dist: DistEnv,
+) -> dict[str, Any]:
+    """``pre_train`` of the one process that logs (rank 0): MLflow run, training, result."""
     tracker = Tracker(
         experiment_name(config, script),
         default_run_name(config),
@@ -108,7 +149,7 @@ def pre_train(
         if is_fork_model(config["model"]):
             from recbole_fork.trainer import fit
 
-            result = fit(config, checkpoint_path, tracker, resume)
+            result = fit(config, checkpoint_path, tracker, resume, dist=dist)
         else:
             result = _train_stock(config, checkpoint_path, tracker, resume)
         tracker.log_dict(result, "final_metrics.json")
