@@ -12,6 +12,9 @@ Example (small, a check that it runs):
     python benchmarks/etl.py --ratings 300000 --chunk-mb 2 --out /tmp/etl-bench.json
 The reference run (about 20M ratings; needs several GB of disk under --work-dir):
     python benchmarks/etl.py --ratings 20000000
+The two paths alone, on the raw files of an earlier run (the end-to-end figures of --out are
+kept and listed under `from_earlier_run`):
+    python benchmarks/etl.py --ratings 20000000 --work-dir W --reuse-raw --parts ratings,metadata
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import time
 from pathlib import Path
 
 import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,6 +46,8 @@ FULL_AMAZON_ROWS = 233_055_327  # rows of all_csv_files.csv (REFERENCE section 1
 TARGET_SPEEDUP_2 = 1.7
 TARGET_ROWS_PER_CORE = 2_000_000
 TARGET_PEAK_BYTES = 8 << 30
+PARTS = ("ratings", "metadata", "build")  # what --parts can choose
+_SECTION = {"ratings": "ratings_path", "metadata": "metadata_path", "build": "end_to_end"}
 
 
 class PeakMemory:
@@ -92,6 +99,9 @@ def time_path(kind: str, raw: Path, scratch: Path, workers: int, chunk_bytes: in
         files = partition.metadata_sources(raw)
         tasks = (partition._MetaTask(w, str(out)) for w in partition.iter_work(files, chunk_bytes))
         fn = partition._meta_task
+    # pyarrow imports pandas on its first compute call (about 0.3 s, once per process, inherited
+    # by forked workers): pay it before timing so that no worker count is charged for it.
+    pc.sum(pa.array([0]))
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
     results = map_tasks(fn, tasks, workers=workers, progress=False)
@@ -115,6 +125,61 @@ def _cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _summarise(report: dict) -> None:
+    """Fill the derived figures (speedup, per core, projection, targets) from the measured ones."""
+    ratings = report["ratings_path"]
+    by_w = {r["workers"]: r for r in ratings}
+    one = by_w.get(1)
+    speedup = by_w[2]["rows_per_s"] / one["rows_per_s"] if one and 2 in by_w else None
+    per_core = None
+    if ratings:
+        per_core = one["rows_per_s"] if one else ratings[0]["rows_per_s"] / ratings[0]["workers"]
+    efficiency = (speedup / 2) if speedup else 1.0
+    e2e = report["end_to_end"]
+    # Projection: the ratings path scales with cores at the measured 2-worker efficiency;
+    # the other steps of the end-to-end run scale with the data size the same way.
+    ratings_16 = FULL_AMAZON_ROWS / (per_core * 16 * efficiency) if per_core else None
+    e2e_16 = (
+        e2e["seconds"] * (FULL_AMAZON_ROWS / report["ratings"]) * e2e["workers"] / (16 * efficiency)
+        if e2e
+        else None
+    )
+    report["speedup_2_workers"] = speedup
+    report["ratings_rows_per_s_per_core"] = per_core
+    report["ratings_rows_per_cpu_s"] = ratings[0]["rows_per_cpu_s"] if ratings else None
+    report["projection_full_amazon_16_cores"] = {
+        "rows": FULL_AMAZON_ROWS,
+        "ratings_path_s": None if ratings_16 is None else round(ratings_16, 1),
+        "end_to_end_s": None if e2e_16 is None else round(e2e_16, 1),
+        "assumption": "linear in rows; 16 cores at the measured 2-worker efficiency",
+    }
+    report["targets"] = {
+        "speedup_2_workers>=1.7": None if speedup is None else speedup >= TARGET_SPEEDUP_2,
+        "ratings_rows_per_s_per_core>=2M": None
+        if per_core is None
+        else per_core >= TARGET_ROWS_PER_CORE,
+        "peak_memory<8GB": None if e2e is None else e2e["peak_memory_bytes"] < TARGET_PEAK_BYTES,
+    }
+
+
+def _carry_over(report: dict, earlier_path: Path, skipped: list[str]) -> None:
+    """Copy the sections of `--parts` left out of this run from the earlier JSON at `earlier_path`.
+
+    Only from a run on the same number of ratings; the copied sections are listed under
+    `from_earlier_run`, so a reader knows which figures this run did not measure.
+    """
+    if not skipped or not earlier_path.exists():
+        return
+    earlier = json.loads(earlier_path.read_text())
+    if earlier.get("ratings") != report["ratings"]:
+        return
+    carried = [part for part in skipped if earlier.get(_SECTION[part])]
+    for part in carried:
+        report[_SECTION[part]] = earlier[_SECTION[part]]
+    if carried:
+        report["from_earlier_run"] = carried
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse-raw", action="store_true",
         help="reuse WORK_DIR/raw from an earlier run (same --ratings and --seed) instead of generating it",
     )  # fmt: skip
+    parser.add_argument(
+        "--parts", default=",".join(PARTS),
+        help="what to measure, from ratings,metadata,build (the end-to-end build); a part left "
+        "out keeps its figures from --out when that run had the same --ratings",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        parser.error(f"--parts {args.parts!r}: choose from {', '.join(PARTS)}")
     workers_list = [int(w) for w in args.workers.split(",")]
     chunk_bytes = max(1, int(args.chunk_mb * (1 << 20)))
     build_size = (
@@ -153,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     scratch = Path(args.work_dir or tempfile.mkdtemp(prefix="etl-bench-"))
     raw = scratch / "raw"
+    ratings: list[dict] = []
+    meta: list[dict] = []
+    e2e: dict | None = None
     try:
         start = time.perf_counter()
         if args.reuse_raw and (raw / "all_csv_files.csv").exists():
@@ -160,91 +237,89 @@ def main(argv: list[str] | None = None) -> int:
         else:
             synthetic.generate(raw, args.ratings, seed=args.seed)
             gen_s = time.perf_counter() - start
-        ratings = [time_path("ratings", raw, scratch, w, chunk_bytes) for w in workers_list]
-        meta = [time_path("meta", raw, scratch, w, chunk_bytes) for w in workers_list]
-        e2e_workers = max(workers_list)
-        opts = EtlOptions(
-            raw_dir=raw,
-            out_dir=scratch / "out",
-            sizes=(build_size,),
-            workers=e2e_workers,
-            seed=args.seed,
-            progress=False,
-            force=True,
-            chunk_bytes=chunk_bytes,
-        )
-        with PeakMemory() as mem:
-            start = time.perf_counter()
-            results = run_pipeline("all", opts)
-            e2e_s = time.perf_counter() - start
-        step_s = {r.step: round(r.seconds, 3) for r in results}
+        if "ratings" in parts:
+            ratings = [time_path("ratings", raw, scratch, w, chunk_bytes) for w in workers_list]
+        if "metadata" in parts:
+            meta = [time_path("meta", raw, scratch, w, chunk_bytes) for w in workers_list]
+        if "build" in parts:
+            e2e = _build(raw, scratch, build_size, max(workers_list), args.seed, chunk_bytes)
     finally:
         if args.work_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    by_w = {r["workers"]: r for r in ratings}
-    one = by_w.get(1)
-    speedup = by_w[2]["rows_per_s"] / one["rows_per_s"] if one and 2 in by_w else None
-    per_core = one["rows_per_s"] if one else ratings[0]["rows_per_s"] / ratings[0]["workers"]
-    efficiency = (speedup / 2) if speedup else 1.0
-    # Projection: the ratings path scales with cores at the measured 2-worker efficiency;
-    # the other steps of the end-to-end run scale with the data size the same way.
-    ratings_16 = FULL_AMAZON_ROWS / (per_core * 16 * efficiency)
-    e2e_16 = e2e_s * (FULL_AMAZON_ROWS / args.ratings) * e2e_workers / (16 * efficiency)
     report = {
         "ratings": args.ratings,
         "cpu_count": os.cpu_count(),
         "chunk_bytes": chunk_bytes,
         "generate_s": None if gen_s is None else round(gen_s, 3),
+        "load_average_1m": os.getloadavg()[0],
         "ratings_path": ratings,
         "metadata_path": meta,
-        "speedup_2_workers": speedup,
-        "ratings_rows_per_s_per_core": per_core,
-        "ratings_rows_per_cpu_s": ratings[0]["rows_per_cpu_s"],
-        "load_average_1m": os.getloadavg()[0],
-        "end_to_end": {
-            "dataset": f"amazon-{size_label(build_size)}",
-            "workers": e2e_workers,
-            "seconds": round(e2e_s, 3),
-            "peak_memory_bytes": mem.peak,
-            "step_seconds": step_s,
-        },
-        "projection_full_amazon_16_cores": {
-            "rows": FULL_AMAZON_ROWS,
-            "ratings_path_s": round(ratings_16, 1),
-            "end_to_end_s": round(e2e_16, 1),
-            "assumption": "linear in rows; 16 cores at the measured 2-worker efficiency",
-        },
-        "targets": {
-            "speedup_2_workers>=1.7": None if speedup is None else speedup >= TARGET_SPEEDUP_2,
-            "ratings_rows_per_s_per_core>=2M": per_core >= TARGET_ROWS_PER_CORE,
-            "peak_memory<8GB": mem.peak < TARGET_PEAK_BYTES,
-        },
+        "end_to_end": e2e,
     }
-    for r in ratings:
+    _carry_over(report, args.out, [p for p in PARTS if p not in parts])
+    _summarise(report)
+    for r in report["ratings_path"]:
         print(
             f"ratings path  workers={r['workers']}: {r['rows']:,} rows in {r['seconds']:.2f} s = "
             f"{r['rows_per_s']:,.0f} rows/s ({r['rows_per_cpu_s'] or 0:,.0f} rows per CPU-second)"
         )
-    for r in meta:
+    for r in report["metadata_path"]:
         print(
             f"metadata path workers={r['workers']}: {r['rows']:,} records in {r['seconds']:.2f} s = "
             f"{r['rows_per_s']:,.0f} records/s ({r['rows_per_cpu_s'] or 0:,.0f} per CPU-second)"
         )
-    if speedup:
-        print(f"2-worker speedup on ratings: {speedup:.2f}x (target {TARGET_SPEEDUP_2}x)")
+    if report["speedup_2_workers"]:
+        print(
+            f"2-worker speedup on ratings: {report['speedup_2_workers']:.2f}x "
+            f"(target {TARGET_SPEEDUP_2}x)"
+        )
     e2e = report["end_to_end"]
-    print(
-        f"end to end ({e2e['dataset']}, {e2e_workers} workers): {e2e_s:.1f} s, peak memory {mem.peak / 2**30:.2f} GiB"
-    )
+    if e2e:
+        print(
+            f"end to end ({e2e['dataset']}, {e2e['workers']} workers): {e2e['seconds']:.1f} s, "
+            f"peak memory {e2e['peak_memory_bytes'] / 2**30:.2f} GiB"
+        )
     proj = report["projection_full_amazon_16_cores"]
-    print(
-        f"projection, 233M rows on 16 cores: ratings path {proj['ratings_path_s'] / 60:.1f} min, end to end {proj['end_to_end_s'] / 3600:.2f} h"
-    )
+    if proj["ratings_path_s"] is not None:
+        print(
+            f"projection, 233M rows on 16 cores: ratings path {proj['ratings_path_s'] / 60:.1f} min"
+        )
+    if proj["end_to_end_s"] is not None:
+        print(f"projection, 233M rows on 16 cores: end to end {proj['end_to_end_s'] / 3600:.2f} h")
+    if report.get("from_earlier_run"):
+        print("from the earlier run in", args.out, ":", ", ".join(report["from_earlier_run"]))
     print("targets:", json.dumps(report["targets"]))
     atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
     print(f"wrote {args.out}")
     return 0
+
+
+def _build(
+    raw: Path, scratch: Path, build_size: int, workers: int, seed: int, chunk_bytes: int
+) -> dict:
+    """Time `--step all` building one scaled dataset; wall time, peak memory, time per step."""
+    opts = EtlOptions(
+        raw_dir=raw,
+        out_dir=scratch / "out",
+        sizes=(build_size,),
+        workers=workers,
+        seed=seed,
+        progress=False,
+        force=True,
+        chunk_bytes=chunk_bytes,
+    )
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        results = run_pipeline("all", opts)
+        seconds = time.perf_counter() - start
+    return {
+        "dataset": f"amazon-{size_label(build_size)}",
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "peak_memory_bytes": mem.peak,
+        "step_seconds": {r.step: round(r.seconds, 3) for r in results},
+    }
 
 
 if __name__ == "__main__":

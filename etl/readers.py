@@ -33,6 +33,10 @@ from etl.errors import EtlError
 
 CHUNK_BYTES = 64 << 20  # a plain file is split into byte ranges of about this size
 BLOCK_BYTES = 16 << 20  # bytes parsed at once inside a chunk (bounds memory per worker)
+# A ratings CSV chunk of the default size is parsed in one piece: its table is about as big as
+# its bytes (JSON grows several-fold), and single-chunk columns make the partition step's
+# dictionary encoding and take cheaper. The bound still holds a whole-gzip `read_file`.
+CSV_BLOCK_BYTES = 4 * CHUNK_BYTES
 
 # Reasons a row is skipped (the keys of BadRows.counts[file]).
 WRONG_COLUMN_COUNT = "wrong_column_count"
@@ -48,7 +52,9 @@ MALFORMED_LITERAL = "malformed_literal"
 # be read as a quoted field, so ids must not hold quotes (nor tabs or line breaks).
 _ID_FORBIDDEN = ('"', "\t", "\n", "\r")
 _FLOAT_RE = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
-_INT_RE = r"^[0-9]+$"
+# What Arrow's string-to-int64 parse accepts (hexadecimal too); negative values are then
+# rejected. Mirroring it keeps a block's rows valid or not whatever other rows it holds.
+_INT_RE = r"^(-?[0-9]+|0[xX][0-9a-fA-F]{1,16})$"
 
 RATINGS_SCHEMA = pa.schema(
     [
@@ -232,6 +238,11 @@ def _id_ok(value: str) -> bool:
 
 def _ratings_csv_fast(block: bytes) -> pa.Table | None:
     """Typed C++ parse of a clean block; None when any row is bad (the slow path counts it)."""
+    # One memchr per byte value over the raw block clears every row at once: a quote or tab
+    # in an id breaks the atomic files, and the typed parser trims spaces and tabs around a
+    # number that the slow path rejects (the two paths must agree on every row).
+    if b'"' in block or b"\t" in block or b" " in block:
+        return None
     bad_shape = False
 
     def on_invalid(_row: Any) -> str:
@@ -250,20 +261,20 @@ def _ratings_csv_fast(block: bytes) -> pa.Table | None:
         )
     except pa.ArrowInvalid:  # a non-numeric value or invalid UTF-8
         return None
+    table = table.select(["user", "item", "rating", "timestamp"])
     if bad_shape or any(table.column(c).null_count for c in ("rating", "timestamp")):
         return None
-    empty_id = pc.or_(
-        pc.equal(pc.binary_length(table.column("item")), 0),
-        pc.equal(pc.binary_length(table.column("user")), 0),
-    )
-    negative = pc.less(table.column("timestamp"), 0)
-    bad_id = pc.or_(_bad_id(table.column("item")), _bad_id(table.column("user")))
+    if table.num_rows == 0:
+        return table
+    # Whole-column reductions, one pass each: no per-row mask is built for a clean block.
     if (
-        pc.any(pc.or_(pc.or_(empty_id, negative), bad_id)).as_py()
+        pc.min(pc.binary_length(table.column("item"))).as_py() == 0
+        or pc.min(pc.binary_length(table.column("user"))).as_py() == 0
+        or pc.min(table.column("timestamp")).as_py() < 0
         or not pc.all(pc.is_finite(table.column("rating"))).as_py()
     ):
         return None
-    return table.select(["user", "item", "rating", "timestamp"])
+    return table
 
 
 def parse_ratings_csv(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
@@ -325,20 +336,36 @@ def parse_ratings_csv(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
 
 
 def _to_number(column: pa.Array, dtype: pa.DataType, pattern: str) -> tuple[pa.Array, np.ndarray]:
-    """Cast strings to numbers: (values, bool mask [N] of valid ones; invalid values are 0)."""
+    """Cast strings to numbers: (values, bool mask [N] of valid ones; invalid values are 0).
+
+    Valid: the string matches `pattern` and its value is finite (floats) or fits int64 and is
+    not negative (integers), whichever other rows the block holds.
+    """
     try:
         values = column.cast(dtype)  # fast path: a clean block casts in one call
         ok = np.ones(len(column), dtype=bool)
-        if pa.types.is_floating(dtype):
-            ok = pc.fill_null(pc.is_finite(values), False).to_numpy(zero_copy_only=False)
-        else:
-            ok = pc.fill_null(pc.greater_equal(values, 0), False).to_numpy(zero_copy_only=False)
-        return values, ok
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    ok = pc.match_substring_regex(column, pattern).to_numpy(zero_copy_only=False)
-    cleaned = pc.if_else(pa.array(ok), column, pa.scalar("0"))
-    return cleaned.cast(dtype), ok
+        ok = pc.match_substring_regex(column, pattern).to_numpy(zero_copy_only=False)
+        if pa.types.is_integer(dtype):
+            ok &= _fits_int64(column, ok)
+        values = pc.if_else(pa.array(ok), column, pa.scalar("0")).cast(dtype)
+    if pa.types.is_floating(dtype):
+        valid = pc.is_finite(values)  # '1e999' parses, as inf
+    else:
+        valid = pc.greater_equal(values, 0)
+    ok &= pc.fill_null(valid, False).to_numpy(zero_copy_only=False)
+    return values, ok
+
+
+def _fits_int64(column: pa.Array, digits_ok: np.ndarray) -> np.ndarray:
+    """False where an integer string is out of the int64 range (it fails the cast); bool [N]."""
+    fits = np.ones(len(column), dtype=bool)
+    # Fewer than 19 characters always fit (hexadecimal ones have at most 18); longer decimal
+    # ones (rare) are checked one by one.
+    long = np.flatnonzero(digits_ok & (pc.utf8_length(column).to_numpy(zero_copy_only=False) >= 19))
+    for i in long:
+        fits[i] = -(2**63) <= int(column[int(i)].as_py()) < 2**63
+    return fits
 
 
 def _split_lines(block: bytes) -> list[bytes]:
@@ -582,7 +609,8 @@ def read_block(data: bytes, index: int, parser: Parser, label: str, bad: BadRows
 def read_chunk(chunk: Chunk, parser: Parser, bad: BadRows) -> pa.Table:
     """Parse one chunk block by block and add the `order` column (see module docstring)."""
     label = os.path.basename(chunk.path)
-    tables = [parser(block, label, bad) for block in iter_blocks(chunk)]
+    block_bytes = CSV_BLOCK_BYTES if parser is parse_ratings_csv else BLOCK_BYTES
+    tables = [parser(block, label, bad) for block in iter_blocks(chunk, block_bytes)]
     tables = [t for t in tables if t.num_rows]
     table = pa.concat_tables(tables) if tables else _empty(parser)
     return _with_order(table, chunk.index)

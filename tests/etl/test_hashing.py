@@ -51,3 +51,49 @@ def test_same_across_pythonhashseed() -> None:
         for seed in ("0", "123")
     }
     assert len(outs) == 1
+
+
+def _reference_hash(value: str) -> int:
+    """FNV-1a 64 of the UTF-8 bytes, then the splitmix64 finaliser, one byte at a time."""
+    mask = (1 << 64) - 1
+    h = 0xCBF29CE484222325
+    for byte in value.encode():
+        h = ((h ^ byte) * 0x100000001B3) & mask
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & mask
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & mask
+    return h ^ (h >> 31)
+
+
+def test_mixed_lengths_slices_and_types_match_the_reference() -> None:
+    # Reviewer ids have mixed widths; asins a fixed one; the vectorised paths differ.
+    values = [
+        "",
+        "a",
+        "AB",
+        "A1YJEY40YUW4SE",
+        "A2XVJBSRI3SWDI",
+        "AE5UZ4JB",
+        "é漢",
+        "a",
+        "\x00z",
+        "L" * 200,
+    ]
+    expected = [_reference_hash(v) for v in values]
+    for arr_type in (pa.string(), pa.large_string(), pa.binary()):
+        arr = pa.array(values, arr_type)
+        assert stable_hash64(arr).tolist() == expected
+        assert stable_hash64(arr.slice(3, 4)).tolist() == expected[3:7]
+    chunked = pa.chunked_array([pa.array(values[:4]), pa.array(values[4:])])
+    assert stable_hash64(chunked).tolist() == expected
+    fixed = pa.array(["B00000AAAA", "0123456789", "B00000AAAB"])
+    assert stable_hash64(fixed).tolist() == [_reference_hash(v) for v in fixed.to_pylist()]
+
+
+def test_partition_of_is_the_hash_modulo_parts() -> None:
+    users = pa.chunked_array([pa.array([f"U{i % 37}" * (1 + i % 3) for i in range(500)])] * 2)
+    parts = partition_of(users, 5)
+    assert parts.dtype == np.int32
+    assert parts.tolist() == [_reference_hash(u) % 5 for u in users.to_pylist()]
+    assert partition_of(pa.array([], pa.string()), 5).tolist() == []

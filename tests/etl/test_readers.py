@@ -228,3 +228,52 @@ def test_real_2018_metadata(shared_data: Path, name: str, lines: int, asins: int
     table = read_file(shared_data / "amazon2018" / name, parse_meta_2018_lines, bad)
     assert (table.num_rows, bad.total()) == (lines, 0)
     assert first_per_key(table, "asin").num_rows == asins
+
+
+# Numeric fields the fast (typed) and the slow (careful) CSV paths must judge alike.
+RATINGS = ["5.0", "1e3", ".5", "5.", "+5.0", "-0", "007.5", "1e-400", "1.5E+3"]
+BAD_RATINGS = ["1e999", "-inf", "inf", "nan", "NaN", " 5.0", "5.0 ", "0x10", "1_0", "", "NA",
+               ".", "5e"]  # fmt: skip
+STAMPS = ["7", "-0", "0001", "0x10", "0X1f", "9223372036854775807", "00000000000000000000007"]
+BAD_STAMPS = ["-1", "+5", "1.5", "1e3", " 7", "7 ", "", "NA", "-0x10", "0x", "0x8000000000000000",
+              "99999999999999999999", "9223372036854775808", "-9223372036854775808"]  # fmt: skip
+
+
+def _parse_without(block: bytes, forcing: dict[str, int]) -> tuple[list[dict], dict[str, int]]:
+    """Parse `block`; rows and counts less those of the lines added to force the slow path."""
+    bad = BadRows()
+    rows = [r for r in parse_ratings_csv(block, "f", bad).to_pylist() if r["user"] != "FORCE"]
+    counts = dict(bad.as_dict().get("f", {}))
+    for reason, n in forcing.items():
+        counts[reason] -= n
+    return rows, {reason: n for reason, n in counts.items() if n}
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [(f"I1,U1,{r},7", None) for r in RATINGS]
+    + [(f"I1,U1,{r},7", "bad_rating") for r in BAD_RATINGS]
+    + [(f"I1,U1,5.0,{t}", None) for t in STAMPS]
+    + [(f"I1,U1,5.0,{t}", "bad_timestamp") for t in BAD_STAMPS],
+)
+def test_ratings_csv_row_judged_alike_whatever_its_block(line: str, reason: str | None) -> None:
+    # A row must not be kept or dropped depending on the other rows of its block (chunking):
+    # alone it may take the fast path; a bad id forces the slow path's one-call cast; a
+    # non-numeric rating and timestamp force its per-row parse.
+    block = b"I0,U0,5.0,1\n" + line.encode() + b"\n"
+    alone = _parse_without(block, {})
+    cast = _parse_without(block + b'I9,"FORCE,5.0,1\n', {"bad_id": 1})
+    per_row = _parse_without(
+        block + b"I9,FORCE,x,1\nI9,FORCE,5.0,y\n", {"bad_rating": 1, "bad_timestamp": 1}
+    )
+    assert alone == cast == per_row
+    rows, counts = alone
+    assert [r["user"] for r in rows] == (["U0", "U1"] if reason is None else ["U0"])
+    assert counts == ({} if reason is None else {reason: 1})
+
+
+def test_ratings_csv_values_of_odd_numbers() -> None:
+    block = b"I1,U1,1e3,0x10\nI2,U2,.5,-0\nI3,U3,+5.0,0001\n"
+    table = parse_ratings_csv(block, "f", BadRows())
+    assert table.column("rating").to_pylist() == [1000.0, 0.5, 5.0]
+    assert table.column("timestamp").to_pylist() == [16, 0, 1]
