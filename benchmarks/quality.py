@@ -63,7 +63,7 @@ class BenchmarkError(RuntimeError):
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
@@ -327,8 +327,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 entry = run_one(name, data_path, args.work_dir, args.overrides, args.threads)
             entry["command"] = command
+            # Re-read before merging: another benchmark process may have written its runs
+            # meanwhile. Written after every run, so a long benchmark keeps what it finished.
+            results = json.loads(args.out.read_text()) if args.out.is_file() else {}
             results[name] = entry
-            # Written after every run, so a long benchmark keeps what it finished.
             _atomic_write_text(args.out, json.dumps(results, indent=2, sort_keys=True) + "\n")
             print(table({name: entry}), flush=True)
     except BenchmarkError as e:

@@ -370,10 +370,18 @@ class SeqTrainer(Trainer):
         return sums, loss_sum, count
 
     def _evaluate_all(self) -> dict[str, float]:
+        """Metrics and losses of every phase: ``valid_loss``, ``test_loss``,
+        ``train_eval_loss`` and ``{phase}_{metric}_at_{k}``.
+
+        The train phase's evaluation loss (last position of the sampled train users) is
+        ``train_eval_loss``: ``train_loss`` is the epoch's training loss, and the two must
+        not share a name, or every evaluated epoch would log the wrong ``train_loss``.
+        """
         metrics: dict[str, float] = {}
         for phase in EVAL_PHASES:
             result = self.evaluate(phase)
-            metrics[f"{phase}_loss"] = result.pop("loss")
+            loss_key = "train_eval_loss" if phase == "train" else f"{phase}_loss"
+            metrics[loss_key] = result.pop("loss")
             result.pop("count")
             for name, value in result.items():
                 metrics[metric_key(phase, name)] = value

@@ -215,9 +215,18 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch,
     assert fit(_config(root), ckpt, _Tracker(), resume=True) == whole
 
 
-def test_checkpoint_contents_and_logged_names(tmp_path):
+def test_checkpoint_contents_and_logged_names(tmp_path, monkeypatch):
     tracker = _Tracker()
     ckpt = tmp_path / "run.pth"
+    trained = []
+    original = SeqTrainer._train_epoch
+
+    def recording(self, epoch):
+        out = original(self, epoch)
+        trained.append(out["train_loss"])
+        return out
+
+    monkeypatch.setattr(SeqTrainer, "_train_epoch", recording)
     result = fit(_config(_write_dataset(tmp_path), epochs=1), ckpt, tracker)
     state = load_checkpoint(ckpt)  # weights_only=True
     for key in (
@@ -231,8 +240,13 @@ def test_checkpoint_contents_and_logged_names(tmp_path):
     assert set(state["rng"]) == {"torch", "cuda", "numpy", "python", "sample_generator"}
     epoch0 = tracker.at(0)
     for name in ("train_loss", "valid_loss", "test_loss", "lr", "epoch_time_s", "sequences_per_s",
-                 "tokens_per_s", "train_ndcg_at_10", "valid_hr_at_10", "test_mrr_at_10"):  # fmt: skip
+                 "tokens_per_s", "train_ndcg_at_10", "valid_hr_at_10", "test_mrr_at_10",
+                 "train_eval_loss"):  # fmt: skip
         assert name in epoch0
+    # train_loss is the epoch's training loss (the mean of its batches' losses), not the
+    # train-phase evaluation loss, which has its own name (an evaluated epoch used to log
+    # the evaluation loss under train_loss).
+    assert epoch0["train_loss"] == trained[0] != epoch0["train_eval_loss"]
     assert set(result) == {
         "best_epoch", "best_valid_loss", "best_test_loss", "total_flops", "total_tokens",
         *(f"best_{p}_{m}_at_10" for p in ("valid", "test") for m in ("hr", "ndcg", "mrr")),
