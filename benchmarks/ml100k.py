@@ -66,7 +66,6 @@ def run_one(name: str, epochs: int, work: Path, threads: int) -> dict[str, Any]:
         "test_ndcg_at_10": result["best_test_ndcg_at_10"],
         "valid_ndcg_at_10": result["best_valid_ndcg_at_10"],
         "best_epoch": result.get("best_epoch"),
-        "params_total": result.get("params_total"),
         "wall_s": round(wall, 1),
         "threads": threads,
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
