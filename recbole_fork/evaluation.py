@@ -126,7 +126,9 @@ def evaluate_ranking(
     Scores are dot products ``user_vecs[u] . item_fn([i])[0]``. The target's rank is the
     number of candidates other than the target that score higher than it or EQUAL to it:
     ties count against the target (pessimistic), so a degenerate model that gives every item
-    the same score gets HR 0, not 1. A NaN score also counts against the target, and a NaN
+    the same score gets HR 0, not 1. "Equal" means within ``D * eps * |u| * |v_target|``, the
+    float rounding of a D-term dot product: BLAS kernels need not give equal embeddings
+    bit-equal scores. A NaN score also counts against the target, and a NaN
     target score ranks last. Candidates are:
 
     * ``mode="full"``: every real item ``1 .. n_items-1`` (padding id 0 is never ranked);
@@ -238,6 +240,13 @@ def target_ranks(
         own = torch.arange(u1 - u0, device=device)
         excluded.append((torch.cat([rows, own]), torch.cat([items, targets[u0:u1]])))
 
+    # Scores within the float rounding of a dot product of the target's score count as ties
+    # (against the target): one matmul does not give bit-equal scores to equal embeddings,
+    # because BLAS kernels sum the columns of a block and of its tail in different orders
+    # (seen on AVX-512 MKL: a candidate equal to the target scored 1 ulp above it). The bound
+    # D * eps * |u| * |v| covers any summation order of a D-term dot product.
+    tol = dim * torch.finfo(dtype).eps * users.norm(dim=1) * target_emb.norm(dim=1)  # [U]
+
     max_users = min(user_chunk, n_users)
     n_candidates = n_items - 1 if candidates is None else candidates.numel()
     buffer = _Buffer(max_users * (min(item_chunk, n_candidates) + max_users), dtype, device)
@@ -245,12 +254,13 @@ def target_ranks(
         emb = _embed(item_fn, chunk_ids, dim, dtype, device)  # [C, D]
         n_cand = chunk_ids.numel()
         for (u0, u1), (rows, items) in zip(user_slices, excluded, strict=True):
-            # One product gives the chunk's scores and the targets' scores, so a candidate
-            # whose embedding equals the target's gets a bit-equal score and counts as a tie.
+            # One product gives the chunk's scores and the targets' scores (same dtype, same
+            # kernel family); near-equal scores then fall within `tol` and count as ties.
             both = torch.cat([emb, target_emb[u0:u1]])  # [C + Uc, D]
             scores = buffer.matrix(u1 - u0, n_cand + u1 - u0)  # [Uc, C + Uc]
             torch.matmul(users[u0:u1], both.T, out=scores)
             own = scores[:, n_cand:].diagonal().clone().unsqueeze(1)  # [Uc, 1]
+            own -= tol[u0:u1].unsqueeze(1)  # a candidate must beat the target's score - tol
             # In place, as 1.0 / 0.0 floats: bool tensors are several times slower to
             # reduce on CPU, and a fresh [Uc, C] allocation costs more than the comparison.
             # `<` (not `>=`) so that NaN scores count against the target.

@@ -431,3 +431,17 @@ def test_yaml_defaults_match_the_function_defaults():
     for line in path.read_text().splitlines():
         if line and not line.startswith("#"):
             assert "# (" in line, line
+
+
+def test_scores_within_dot_product_rounding_of_the_target_tie():
+    # Item 2 is the target; item 3 is the target's embedding nudged by 1 ulp in one component
+    # (a score difference far below D * eps * |u| * |v|): a tie, so it counts against the
+    # target. Item 4 is clearly better (+1e-3 relative) and item 1 clearly worse.
+    target = torch.tensor([0.3, -1.2, 0.7, 2.1])
+    nudged = target.clone()
+    nudged[3] = torch.nextafter(nudged[3], torch.tensor(10.0))
+    emb = torch.stack([torch.zeros(4), 0.5 * target, target, nudged, 1.001 * target])
+    user = torch.tensor([[1.0, -0.5, 0.25, 1.0]])
+    assert float(user @ nudged) > float(user @ target)  # strictly higher in float32
+    ranks = target_ranks(user, lambda ids: emb[ids], 5, torch.tensor([2]))
+    assert ranks.tolist() == [2]  # items 3 and 4 count, item 1 does not
