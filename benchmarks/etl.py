@@ -90,9 +90,11 @@ def time_path(kind: str, raw: Path, scratch: Path, workers: int, chunk_bytes: in
         n_parts = 16
         for p in range(n_parts):
             (out / f"part-{p:04d}").mkdir()
+        # The chunk size partition_big_files itself uses for this many workers.
+        ratings_chunk = partition.balanced_chunk_bytes(files, chunk_bytes, workers)
         tasks = (
             partition._RatingsTask(w, rkind, n_parts, str(out))
-            for w in partition.iter_work(files, chunk_bytes)
+            for w in partition.iter_work(files, ratings_chunk)
         )
         fn = partition._ratings_task
     else:
@@ -118,6 +120,25 @@ def time_path(kind: str, raw: Path, scratch: Path, workers: int, chunk_bytes: in
         "cpu_seconds": round(cpu, 3),
         "rows_per_cpu_s": rows / cpu if cpu > 0 else None,
     }
+
+
+def _median_runs(
+    kind: str, raw: Path, scratch: Path, workers_list: list[int], chunk_bytes: int, repeat: int
+) -> list[dict]:
+    """`time_path` for each worker count, `repeat` rounds interleaved (1, 2, 1, 2, ...), so
+    that a burst of load on the shared machine hits every worker count alike; each worker
+    count keeps its median run, with every round's seconds in `repeats_seconds`."""
+    runs: dict[int, list[dict]] = {w: [] for w in workers_list}
+    for _ in range(max(1, repeat)):
+        for w in workers_list:
+            runs[w].append(time_path(kind, raw, scratch, w, chunk_bytes))
+    out = []
+    for w in workers_list:
+        ordered = sorted(runs[w], key=lambda r: r["seconds"])
+        median = dict(ordered[len(ordered) // 2])
+        median["repeats_seconds"] = [r["seconds"] for r in runs[w]]
+        out.append(median)
+    return out
 
 
 def _cpu_seconds() -> float:
@@ -194,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         help="scaled set to build end to end (default 10M, or ratings/4 below 20M)",
     )
     parser.add_argument("--workers", default="1,2", help="worker counts to time, e.g. 1,2")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed rounds per path (median kept; default 3)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--chunk-mb", type=float, default=64.0, help="input chunk size (small runs: smaller)"
@@ -238,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             synthetic.generate(raw, args.ratings, seed=args.seed)
             gen_s = time.perf_counter() - start
         if "ratings" in parts:
-            ratings = [time_path("ratings", raw, scratch, w, chunk_bytes) for w in workers_list]
+            ratings = _median_runs("ratings", raw, scratch, workers_list, chunk_bytes, args.repeat)
         if "metadata" in parts:
-            meta = [time_path("meta", raw, scratch, w, chunk_bytes) for w in workers_list]
+            meta = _median_runs("meta", raw, scratch, workers_list, chunk_bytes, args.repeat)
         if "build" in parts:
             e2e = _build(raw, scratch, build_size, max(workers_list), args.seed, chunk_bytes)
     finally:

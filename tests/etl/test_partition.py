@@ -80,3 +80,19 @@ def test_one_part_holds_everything_in_file_order(tmp_path: Path) -> None:
     partition_big_files(raw, tmp_path / "w", n_parts=1, chunk_bytes=500, progress=False)
     (rows,) = _parts(tmp_path / "w")
     assert [(r["item"], r["user"], r["rating"], r["timestamp"]) for r in rows] == good
+
+
+def test_balanced_chunk_bytes_gives_every_worker_enough_chunks(tmp_path):
+    from etl.partition import MIN_CHUNK_BYTES, balanced_chunk_bytes
+
+    big = tmp_path / "all_csv_files.csv"
+    with open(big, "wb") as f:
+        f.truncate(800 << 20)  # sparse: 800 MB on paper, nothing on disk
+    cap = 64 << 20
+    assert balanced_chunk_bytes([big], cap, 1) == cap  # one worker: the cap (13 chunks)
+    # Two workers: 800 MB / (8 x 2) = 50 MB, so 16 chunks, 8 per worker.
+    assert balanced_chunk_bytes([big], cap, 2) == 50 << 20
+    assert balanced_chunk_bytes([big], cap, 64) == MIN_CHUNK_BYTES  # never below the floor
+    small = tmp_path / "small.csv"
+    small.write_bytes(b"i,u,5,1\n" * 10)
+    assert balanced_chunk_bytes([small], cap, 2) == MIN_CHUNK_BYTES
