@@ -67,3 +67,37 @@ def write_atomic_dataset(
 def tiny_dataset(tmp_path: Path) -> Path:
     """A tiny learnable atomic dataset ``tiny`` under ``tmp_path/data``; returns the data path."""
     return write_atomic_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: the test machine's cores are shared, and one thread
+    avoids oversubscription stalls. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class RecordingTracker:
+    """Records what the trainer logs; stands in for ``recbole_fork.tracking.Tracker``."""
+
+    run_id = "run-123"
+    run_name = "tiny-run"
+
+    def __init__(self) -> None:
+        self.params: dict = {}
+        self.metrics: list[tuple[dict, int | None]] = []
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((dict(metrics), step))
+
+    def at(self, step: int) -> dict:
+        """The metrics logged at ``step`` (the first call with that step)."""
+        return next(m for m, s in self.metrics if s == step)

@@ -28,17 +28,10 @@ from recbole_fork.hardware import resolve_peak_flops, table_peak_flops
 from recbole_fork.models.sasrec import SASRecX
 from recbole_fork.run import pre_train
 from recbole_fork.trainer import SeqTrainer, fit
-from tests.conftest import REPO, write_atomic_dataset
+from tests.conftest import REPO, RecordingTracker, write_atomic_dataset
 from tests.netns_util import private_network
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SETTINGS = {
@@ -69,24 +62,7 @@ def _config(data_path: Path, **overrides):
     return build_config({**SETTINGS, "data_path": str(data_path), **overrides})
 
 
-class _Tracker:
-    """Records what the trainer logs (stands in for recbole_fork.tracking.Tracker)."""
-
-    run_id = "run-1"
-    run_name = "tiny-run"
-
-    def __init__(self) -> None:
-        self.params: dict = {}
-        self.metrics: list[tuple[dict, int | None]] = []
-
-    def log_params(self, params):
-        self.params.update(params)
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append((dict(metrics), step))
-
-    def at(self, step: int) -> dict:
-        return next(m for m, s in self.metrics if s == step)
+_Tracker = RecordingTracker
 
 
 # ----- torchrun's variables, the global batch, each rank's GPU ------------------------------

@@ -25,13 +25,7 @@ VOCABS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _text_encoder(embedding_size: int = 2, hidden: int = 3) -> TextItemEncoder:

@@ -49,13 +49,7 @@ TRAIN = {
 TABLES = ["item_encoder.tables.brand.weight", "item_encoder.tables.title.weight"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Tracker:

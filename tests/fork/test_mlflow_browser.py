@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from recbole_fork.config import build_config
 from recbole_fork.finetune import fine_tune, fine_tune_config, fine_tune_run_name
@@ -50,13 +49,7 @@ def chromium() -> str:
     return browser_util.ensure_chromium()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run_demo(root: Path, out: Path, uri: str) -> dict[str, list[str]]:

@@ -14,13 +14,7 @@ from recbole_fork.params import count_parameters
 N_ITEMS, D, INNER, L, LAYERS, HEADS = 10, 8, 12, 5, 2, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Dataset:

@@ -13,15 +13,9 @@ from recbole_fork.config import build_config
 from recbole_fork.data import build_seq_data
 from recbole_fork.models.sasrec import SASRecX
 from recbole_fork.trainer import SeqTrainer, TrainingDivergedError, fit
+from tests.conftest import RecordingTracker
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_dataset(root: Path, name: str = "tiny", n_users: int = 30, min_len: int = 4) -> Path:
@@ -62,24 +56,7 @@ def _config(root: Path, name: str = "tiny", **overrides):
     return build_config(settings)
 
 
-class _Tracker:
-    """Records what the trainer logs (stands in for recbole_fork.tracking.Tracker)."""
-
-    run_id = "run-123"
-    run_name = "tiny-run"
-
-    def __init__(self) -> None:
-        self.params: dict = {}
-        self.metrics: list[tuple[dict, int | None]] = []
-
-    def log_params(self, params):
-        self.params.update(params)
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append((dict(metrics), step))
-
-    def at(self, step: int) -> dict:
-        return next(m for m, s in self.metrics if s == step)
+_Tracker = RecordingTracker
 
 
 # ----- optimisation mechanics on hand-made batches ------------------------------------------

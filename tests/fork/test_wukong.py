@@ -15,14 +15,7 @@ from recbole_fork.config import build_config
 from recbole_fork.models.wukong import WukongBackbone, WukongSeq, fm_naive, fm_optimized
 from recbole_fork.params import count_parameters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine's cores are shared; one thread avoids oversubscription stalls.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 WUKONG_YAML = Path(__file__).resolve().parents[2] / "recbole_fork/properties/model/WukongSeq.yaml"
