@@ -59,10 +59,12 @@ def run_one(name: str, epochs: int, work: Path, threads: int) -> dict[str, Any]:
         config, checkpoint, tracking_uri=f"sqlite:///{work / 'mlruns.sqlite'}", config_file=conf
     )
     wall = time.perf_counter() - start
+    # RecBole's stock trainer names HR ``hit`` (``best_test_hit_at_10``); the fork's ``hr``.
+    hr = "best_test_hr_at_10" if "best_test_hr_at_10" in result else "best_test_hit_at_10"
     return {
         "config": CONFIGS[name],
         "epochs": epochs,
-        "test_hr_at_10": result["best_test_hr_at_10"],
+        "test_hr_at_10": result[hr],
         "test_ndcg_at_10": result["best_test_ndcg_at_10"],
         "valid_ndcg_at_10": result["best_valid_ndcg_at_10"],
         "best_epoch": result.get("best_epoch"),
