@@ -287,37 +287,43 @@ class TrainLoader:
         return users, start, length
 
     def batches(self) -> list[np.ndarray]:
-        """The epoch's batches as arrays of sample ids, in the order they are yielded.
+        """The epoch's batches as arrays of sample ids, in the order they are yielded."""
+        return self._plan()[0]
 
-        Plain: one seeded permutation cut into consecutive batches. Bucketed
-        (``bucket_batches = N``): the same permutation, each run of N batches' samples
-        sorted by window length (stable, so ties keep the shuffled order), cut into
-        batches, then the batches of the whole epoch permuted by the same generator.
+    def _plan(self) -> tuple[list[np.ndarray], list[int] | None]:
+        """The epoch's batches, and with bucketing their supervised positions.
+
+        Plain: one seeded permutation cut into consecutive batches (positions None).
+        Bucketed (``bucket_batches = N``): the same permutation, each run of N batches'
+        samples sorted by window length (stable, so ties keep the shuffled order), cut into
+        batches, then the batches of the whole epoch permuted by the same generator. The
+        window lengths are computed once, for the sort and the positions alike.
         """
         d = self.data
         rng = np.random.default_rng([d.seed, self.epoch, self.rank])
         order = rng.permutation(int(self._cum[-1]))[: self.num_samples]  # [S] sample ids
-        if d.bucket_batches > 0:
-            _, _, length = self._slices(order)
-            group = np.arange(len(order)) // (d.bucket_batches * self.batch_size)
-            order = order[np.lexsort((length, group))]  # by group, then length, stable
         cuts = list(range(self.batch_size, self.num_samples, self.batch_size))
-        out = np.split(order, cuts)
-        if d.bucket_batches > 0:
-            out = [out[i] for i in rng.permutation(len(out))]
-        return out
+        if d.bucket_batches <= 0:
+            return np.split(order, cuts), None
+        _, _, length = self._slices(order)
+        group = np.arange(len(order)) // (d.bucket_batches * self.batch_size)
+        sort = np.lexsort((length, group))  # by group, then length, stable
+        order = order[sort]
+        # Supervised positions per sample: every input (all_positions) or the last one.
+        positions = length[sort] - 1 if d.train_mode == "all_positions" else np.ones_like(order)
+        shuffle = rng.permutation(len(cuts) + 1)
+        out, per_sample = np.split(order, cuts), np.split(positions, cuts)
+        return [out[i] for i in shuffle], [int(per_sample[i].sum()) for i in shuffle]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         d = self.data
-        batches = self.batches()
+        batches, per_batch = self._plan()
         # Bucketed batches differ in their number of supervised positions, so each batch's
         # mean loss is weighted by its positions over the epoch's mean positions per batch:
         # the epoch then weighs every position alike, as plain shuffled batches do, and the
         # mean of the weighted batch losses is the mean loss per position.
         mean_positions = None
-        if d.bucket_batches > 0:
-            n_in = [self._slices(g)[2] - 1 for g in batches]
-            per_batch = [int(n.sum()) if d.train_mode == "all_positions" else len(n) for n in n_in]
+        if per_batch is not None:
             mean_positions = sum(per_batch) / max(len(per_batch), 1)
         for b, g in enumerate(batches):
             users, start, length = self._slices(g)
