@@ -44,7 +44,7 @@ from recbole_fork.config import (
     parse_overrides,
     resolve_config_path,
 )
-from recbole_fork.trainer import CHECKPOINT_FORMAT, SeqTrainer
+from recbole_fork.trainer import CHECKPOINT_FORMAT, SeqTrainer, run_params
 
 logger = logging.getLogger(__name__)
 
@@ -583,7 +583,6 @@ def fine_tune(
 
     from recbole_fork.data import build_seq_data
     from recbole_fork.models import get_model_class, is_fork_model
-    from recbole_fork.params import count_parameters
     from recbole_fork.run import experiment_name, setup_logging
     from recbole_fork.tracking import Tracker
     from recbole_fork.trainer import check_settings
@@ -657,18 +656,8 @@ def fine_tune(
         if config_file is not None:
             tracker.log_artifact(resolve_config_path(config_file))
         tracker.log_dict(config.to_dict(), "resolved_config.json")
-        params: dict[str, Any] = {
-            **config.to_dict(),
-            **count_parameters(model).as_dict(),
-            **{f"fine_tune.{k}": v for k, v in info.items()},
-            "flops_per_token": model.flops_per_token(),
-            "dataset_users": data.n_users,
-            "dataset_items": data.n_items,
-            "dataset_interactions": int(data.dataset.inter_num),
-            "train_interactions": data.num_train_interactions(),
-            "run_name": tracker.run_name,
-            "model_description": model.describe(),
-        }
+        params = run_params(config, model, data, tracker.run_name)
+        params.update({f"fine_tune.{k}": v for k, v in info.items()})
         transfer_metrics: dict[str, float] = {}
         if report is not None:
             transfer_metrics = report.metrics()

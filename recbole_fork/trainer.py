@@ -640,6 +640,28 @@ def _config_dict(config) -> dict[str, Any]:
     return {k: _plain(v) for k, v in dict(config).items()}
 
 
+def run_params(config, model, data, run_name: str | None) -> dict[str, Any]:
+    """The params every run of a fork model logs: the flattened config, the parameter
+    and FLOPs counts, the dataset's sizes and the evaluation protocol.
+
+    ``dataset_users`` / ``dataset_items`` count real users and items: ``SeqData``'s
+    ``n_users`` / ``n_items`` include the padding id 0, which is subtracted here.
+    """
+    kind, n = parse_eval_mode(config["eval_mode"])
+    return {
+        **_config_dict(config),
+        **count_parameters(model).as_dict(),
+        "flops_per_token": model.flops_per_token(),
+        "dataset_users": data.n_users - 1,
+        "dataset_items": data.n_items - 1,
+        "dataset_interactions": int(data.dataset.inter_num),
+        "train_interactions": data.num_train_interactions(),
+        "run_name": run_name,
+        "model_description": model.describe(),
+        "eval_protocol": "full" if kind == "full" else f"sampled{n} (not comparable with full)",
+    }
+
+
 def check_settings(config) -> None:
     """Reject unknown choices before any data is loaded; each message lists the valid ones.
 
@@ -718,23 +740,12 @@ def fit(
         dist=dist,
     )
     if tracker is not None and not resume:
-        kind, n = parse_eval_mode(config["eval_mode"])
-        params = {
-            **_config_dict(config),
-            **count_parameters(model).as_dict(),
-            "flops_per_token": model.flops_per_token(),
-            "dataset_users": data.n_users - 1,  # n_users / n_items count the padding id
-            "dataset_items": data.n_items - 1,
-            "dataset_interactions": int(data.dataset.inter_num),
-            "train_interactions": data.num_train_interactions(),
-            "run_name": getattr(tracker, "run_name", None) or config["run_name"],
-            "model_description": model.describe(),
-            "eval_protocol": "full" if kind == "full" else f"sampled{n} (not comparable with full)",
-            "world_size": dist.world_size,
-            "train_batch_size_per_rank": trainer.batch_size,
-        }
+        run_name = getattr(tracker, "run_name", None) or config["run_name"]
+        params = run_params(config, model, data, run_name)
+        params["world_size"] = dist.world_size
+        params["train_batch_size_per_rank"] = trainer.batch_size
         tracker.log_params(params)
     return trainer.fit(resume=resume)
 
 
-__all__ = ["SeqTrainer", "TrainingDivergedError", "check_settings", "fit"]
+__all__ = ["SeqTrainer", "TrainingDivergedError", "check_settings", "fit", "run_params"]

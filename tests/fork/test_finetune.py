@@ -152,6 +152,9 @@ def test_full_loads_everything_and_trains_everything(pretrained, tmp_path, fake_
     assert tracker.run_name == "sasrecx-d8-l2-text-tgt-full-s2020"
     assert tracker.tags["strategy"] == "full" and tracker.tags["pretrain_dataset"] == "src"
     assert tracker.params["fine_tune.strategy"] == "full"
+    # The target's real users; the padding id is not counted (as in pre-training's params).
+    assert tracker.params["dataset_users"] == 24
+    assert tracker.params["eval_protocol"] == "full"
     epochs = [m for m, step in tracker.metrics if step is not None]
     total = sum(v.numel() for v in start.values())
     assert [m["trainable_params"] for m in epochs] == [total, total]
