@@ -9,6 +9,14 @@ Hyperparameter names follow RecBole's ``SASRec`` (``hidden_size``, ``n_layers``,
 * ``pre``: per block ``x = x + drop(attn(LN(x)))``, ``x = x + drop(ffn(LN(x)))``, and one
   final LN. Same parameter count as ``post`` (the input LN becomes the final LN).
 
+and ``position_order``:
+
+* ``forward`` (RecBole's): item t of a window gets position embedding t.
+* ``reverse``: item t of a window of n real items gets position ``n - 1 - t``, so the last
+  item always has position 0, as in the original SASRec, whose inputs are left-padded to
+  ``max_seq_length``. The output at t then depends on how many items follow t (never on
+  which items they are); at prediction time the last item is always position 0.
+
 Like RecBole (and unlike the original TensorFlow SASRec) inputs are not scaled by sqrt(D).
 """
 
@@ -29,6 +37,7 @@ ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
 }
 LAYER_NORM_POSITIONS = ("post", "pre")
+POSITION_ORDERS = ("forward", "reverse")
 
 
 class _SelfAttention(nn.Module):
@@ -98,8 +107,8 @@ class SASRecBackbone(nn.Module):
     time_seq=None) -> [B, L, D]``, output at t depending only on inputs at positions <= t.
 
     Raises:
-        ValueError: ``hidden_size`` not divisible by ``n_heads``, unknown ``hidden_act`` or
-            ``layer_norm_position``.
+        ValueError: ``hidden_size`` not divisible by ``n_heads``, unknown ``hidden_act``,
+            ``layer_norm_position`` or ``position_order``.
     """
 
     normalize = False
@@ -117,6 +126,7 @@ class SASRecBackbone(nn.Module):
         max_seq_length: int = 50,
         layer_norm_position: str = "post",
         initializer_range: float = 0.02,
+        position_order: str = "forward",
     ) -> None:
         super().__init__()
         if hidden_size % n_heads:
@@ -128,6 +138,11 @@ class SASRecBackbone(nn.Module):
                 f"unknown layer_norm_position {layer_norm_position!r}; "
                 f"valid: {list(LAYER_NORM_POSITIONS)}"
             )
+        if position_order not in POSITION_ORDERS:
+            raise ValueError(
+                f"unknown position_order {position_order!r}; valid: {list(POSITION_ORDERS)}"
+            )
+        self.reverse_positions = position_order == "reverse"
         self.hidden_size, self.n_layers, self.n_heads = hidden_size, n_layers, n_heads
         self.inner_size, self.max_seq_length = inner_size, max_seq_length
         self.pre_norm = layer_norm_position == "pre"
@@ -165,6 +180,7 @@ class SASRecBackbone(nn.Module):
             max_seq_length=config["MAX_ITEM_LIST_LENGTH"],
             layer_norm_position=config["layer_norm_position"],
             initializer_range=config["initializer_range"],
+            position_order=config["position_order"] or "forward",
         )
 
     def forward(
@@ -180,8 +196,11 @@ class SASRecBackbone(nn.Module):
         _, n, _ = x.shape
         if n > self.max_seq_length:
             raise ValueError(f"sequence length {n} exceeds max_seq_length {self.max_seq_length}")
-        pos = self.position_embedding(torch.arange(n, device=x.device))  # [L, D]
-        h = x + pos
+        t = torch.arange(n, device=x.device)  # [L]
+        if self.reverse_positions:
+            # Windows are right-padded: n_real - 1 - t at real items, clamped to 0 at padding.
+            t = (mask.sum(dim=1, keepdim=True) - 1 - t).clamp(min=0)  # [B, L]
+        h = x + self.position_embedding(t)  # [B, L, D] (or [L, D] broadcast)
         if not self.pre_norm:
             h = self.norm(h)
         h = self.dropout(h)  # [B, L, D]
@@ -196,8 +215,10 @@ class SASRecBackbone(nn.Module):
         return self.norm(h) if self.pre_norm else h
 
     def describe(self) -> str:
-        """Short name, e.g. ``sasrec-d64-l2-h2``."""
-        return f"sasrec-d{self.hidden_size}-l{self.n_layers}-h{self.n_heads}"
+        """Short name, e.g. ``sasrec-d64-l2-h2``; ``-pre`` / ``-rev`` mark pre-norm and
+        reverse positions, so run names and checkpoint folders of the variants differ."""
+        name = f"sasrec-d{self.hidden_size}-l{self.n_layers}-h{self.n_heads}"
+        return name + ("-pre" if self.pre_norm else "") + ("-rev" if self.reverse_positions else "")
 
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per position (2 per multiply-add), matmuls only.

@@ -103,6 +103,32 @@ def test_causal(position):
     assert not torch.allclose(a[0, 3:], b[0, 3:])
 
 
+def test_reverse_positions_count_back_from_the_last_item():
+    fwd, rev = _model(), _model(position_order="reverse")
+    rev.load_state_dict(fwd.state_dict())  # same weights; only the position indices differ
+    seq = torch.tensor([[3, 1, 4, 0, 0], [2, 5, 0, 0, 0]])
+    # Forward order on the same items written at positions 2, 1, 0 (and 1, 0): the reverse
+    # order's embeddings of a row equal the forward order's with the table read backwards.
+    table = rev.backbone.position_embedding.weight.detach().clone()
+    with torch.no_grad():
+        states = rev.encode(seq)
+        for row, n in ((0, 3), (1, 2)):
+            index = torch.arange(n - 1, -1, -1)  # n - 1 - t
+            fwd.backbone.position_embedding.weight[:n].copy_(table[index])
+            torch.testing.assert_close(fwd.encode(seq)[row, :n], states[row, :n])
+            fwd.backbone.position_embedding.weight.copy_(table)
+    # Causal in the items: later items' identities do not change earlier outputs.
+    changed = seq.clone()
+    changed[0, 2] = 9
+    with torch.no_grad():
+        torch.testing.assert_close(rev.encode(changed)[0, :2], states[0, :2], rtol=0, atol=0)
+    assert count_parameters(rev).total == count_parameters(fwd).total
+    assert rev.describe() == "sasrec-d8-l2-h2-rev-id"
+    assert _model(layer_norm_position="pre").describe() == "sasrec-d8-l2-h2-pre-id"
+    with pytest.raises(ValueError, match=r"valid: \['forward', 'reverse'\]"):
+        SASRecBackbone(position_order="backward")
+
+
 def test_user_vectors_take_last_real_position():
     model = _model()
     batch = {
