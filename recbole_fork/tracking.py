@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -233,17 +234,40 @@ class Tracker:
             self.finish("FAILED")
 
 
+def artifact_location(experiment: str, tracking_uri: str) -> str | None:
+    """Where a new experiment of a sqlite store keeps its artifacts: beside the database,
+    ``<db stem>-artifacts/<experiment>/`` (``mlruns.sqlite`` -> ``mlruns-artifacts/``).
+
+    MLflow's own default for a sqlite store is ``./mlruns`` under whatever directory the
+    process ran in, so a study's artifacts would land in the checkout rather than beside its
+    runs. Other stores (a tracking server) choose their own location: None.
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    db = Path(tracking_uri[len(prefix) :])
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
+    return (db.parent / f"{db.stem}-artifacts" / safe).resolve().as_uri()
+
+
 def ensure_experiment(experiment: str, tracking_uri: str | None = None, client: Any = None) -> str:
-    """The id of ``experiment``, created if missing; safe when several processes race to create it."""
+    """The id of ``experiment``, created if missing; safe when several processes race to create it.
+
+    A new experiment of a sqlite store keeps its artifacts beside the database
+    (:func:`artifact_location`).
+    """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = client or MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    client = client or MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(experiment)
+        return client.create_experiment(
+            experiment, artifact_location=artifact_location(experiment, uri)
+        )
     except MlflowException:  # created meanwhile by another process
         exp = client.get_experiment_by_name(experiment)
         if exp is None:

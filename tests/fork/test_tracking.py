@@ -140,3 +140,22 @@ def test_missing_artifact_is_an_error_not_a_fallback(tmp_path, monkeypatch):
     with Tracker("exp", "run-3") as t, pytest.raises(FileNotFoundError, match="nope.yaml"):
         t.log_artifact(tmp_path / "nope.yaml")
     assert t.uri == f"sqlite:///{tmp_path / 'mlruns.sqlite'}"
+
+
+def test_sqlite_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    work, store = tmp_path / "cwd", tmp_path / "study"
+    work.mkdir()
+    store.mkdir()
+    monkeypatch.chdir(work)
+    (work / "conf.yaml").write_text("epochs: 1\n")
+    uri = f"sqlite:///{store / 'runs.sqlite'}"
+    with Tracker("pre_train-tiny x", "run-1", tracking_uri=uri) as t:
+        t.log_artifact(work / "conf.yaml")
+    folder = store / "runs-artifacts" / "pre_train-tiny_x"
+    assert MlflowClient(tracking_uri=uri).get_experiment_by_name(
+        "pre_train-tiny x"
+    ).artifact_location == folder.as_uri()
+    assert (folder / t.run_id / "artifacts" / "conf.yaml").read_text() == "epochs: 1\n"
+    assert not (work / "mlruns").exists()  # MLflow's default would write here
