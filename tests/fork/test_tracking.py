@@ -154,8 +154,9 @@ def test_sqlite_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch)
     with Tracker("pre_train-tiny x", "run-1", tracking_uri=uri) as t:
         t.log_artifact(work / "conf.yaml")
     folder = store / "runs-artifacts" / "pre_train-tiny_x"
-    assert MlflowClient(tracking_uri=uri).get_experiment_by_name(
-        "pre_train-tiny x"
-    ).artifact_location == folder.as_uri()
+    assert (
+        MlflowClient(tracking_uri=uri).get_experiment_by_name("pre_train-tiny x").artifact_location
+        == folder.as_uri()
+    )
     assert (folder / t.run_id / "artifacts" / "conf.yaml").read_text() == "epochs: 1\n"
     assert not (work / "mlruns").exists()  # MLflow's default would write here
