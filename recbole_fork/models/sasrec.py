@@ -180,6 +180,7 @@ class SASRecBackbone(nn.Module):
             max_seq_length=config["MAX_ITEM_LIST_LENGTH"],
             layer_norm_position=config["layer_norm_position"],
             initializer_range=config["initializer_range"],
+            # A config without the key (one saved before it existed) reads it as None.
             position_order=config["position_order"] or "forward",
         )
 

@@ -62,9 +62,6 @@ def _config(data_path: Path, **overrides):
     return build_config({**SETTINGS, "data_path": str(data_path), **overrides})
 
 
-_Tracker = RecordingTracker
-
-
 # ----- torchrun's variables, the global batch, each rank's GPU ------------------------------
 
 
@@ -178,7 +175,7 @@ def test_bad_peak_flops_fails_before_training(tmp_path):
 def test_flop_figures_logged_and_compile_skipped_on_cpu(tmp_path, caplog):
     root = _data(tmp_path)
     caplog.set_level(logging.INFO, logger="recbole_fork")
-    tracker = _Tracker()
+    tracker = RecordingTracker()
     fit(_config(root, peak_flops=1e9, torch_compile=True), tmp_path / "a.pth", tracker)
     assert "torch_compile skipped: the model runs on cpu, compiling is for CUDA" in caplog.text
     epoch0 = tracker.at(0)
@@ -238,11 +235,11 @@ def test_resume_finished_run_with_more_epochs(tmp_path, scheduler):
     """
     root = _data(tmp_path)
     spec = {"type": scheduler}
-    whole_tracker = _Tracker()
+    whole_tracker = RecordingTracker()
     whole = fit(_config(root, epochs=2, scheduler=spec), tmp_path / "whole.pth", whole_tracker)
     ckpt = tmp_path / "short.pth"
-    fit(_config(root, epochs=1, scheduler=spec), ckpt, _Tracker())
-    resumed_tracker = _Tracker()
+    fit(_config(root, epochs=1, scheduler=spec), ckpt, RecordingTracker())
+    resumed_tracker = RecordingTracker()
     resumed = fit(_config(root, epochs=2, scheduler=spec), ckpt, resumed_tracker, resume=True)
     state = load_checkpoint(ckpt)
     assert state["epoch"] == 1 and state["planned_epochs"] == 2
@@ -251,7 +248,10 @@ def test_resume_finished_run_with_more_epochs(tmp_path, scheduler):
     if scheduler == "constant":
         assert resumed == whole
     # Resumed again with the same epochs: the stored result, no training.
-    assert fit(_config(root, epochs=2, scheduler=spec), ckpt, _Tracker(), resume=True) == resumed
+    assert (
+        fit(_config(root, epochs=2, scheduler=spec), ckpt, RecordingTracker(), resume=True)
+        == resumed
+    )
 
 
 # ----- torchrun, 2 processes ------------------------------------------------------------------
@@ -315,7 +315,7 @@ def test_torchrun_two_processes_match_one_and_resume_in_one(tmp_path):
     assert not any(k.startswith("module.") for k in state["model_state"])  # the bare model
 
     # The same config and global batch in one process.
-    single = _Tracker()
+    single = RecordingTracker()
     fit(build_config(config_file), tmp_path / "single.pth", single)
     single_loss = single.at(0)["train_loss"]
     assert ddp_loss == pytest.approx(single_loss, rel=0.10)

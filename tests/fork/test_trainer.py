@@ -56,9 +56,6 @@ def _config(root: Path, name: str = "tiny", **overrides):
     return build_config(settings)
 
 
-_Tracker = RecordingTracker
-
-
 # ----- optimisation mechanics on hand-made batches ------------------------------------------
 
 
@@ -166,7 +163,7 @@ def test_gradient_clipping_is_applied(tmp_path, max_norm):
 
 def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch, capsys):
     root = _write_dataset(tmp_path)
-    whole = fit(_config(root), tmp_path / "whole.pth", _Tracker())
+    whole = fit(_config(root), tmp_path / "whole.pth", RecordingTracker())
 
     original = SeqTrainer._train_epoch
 
@@ -178,22 +175,22 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch,
     monkeypatch.setattr(SeqTrainer, "_train_epoch", killed_at_epoch_2)
     ckpt = tmp_path / "killed.pth"
     with pytest.raises(KeyboardInterrupt):
-        fit(_config(root), ckpt, _Tracker())
+        fit(_config(root), ckpt, RecordingTracker())
     message = capsys.readouterr().out
     assert f"interrupted during epoch 2; the checkpoint {ckpt} holds epoch 1" in message
     assert "--resume" in message
     assert load_checkpoint(ckpt)["epoch"] == 1
 
     monkeypatch.setattr(SeqTrainer, "_train_epoch", original)
-    resumed = fit(_config(root), ckpt, _Tracker(), resume=True)
+    resumed = fit(_config(root), ckpt, RecordingTracker(), resume=True)
     assert resumed == whole  # exact equality, every metric
     assert load_checkpoint(ckpt)["final_metrics"] == whole
     # A finished run resumed again returns its stored result without training.
-    assert fit(_config(root), ckpt, _Tracker(), resume=True) == whole
+    assert fit(_config(root), ckpt, RecordingTracker(), resume=True) == whole
 
 
 def test_checkpoint_contents_and_logged_names(tmp_path, monkeypatch):
-    tracker = _Tracker()
+    tracker = RecordingTracker()
     ckpt = tmp_path / "run.pth"
     trained = []
     original = SeqTrainer._train_epoch
@@ -245,7 +242,7 @@ def test_best_epoch_weights_are_used_for_test(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(SeqTrainer, "evaluate", scripted_valid)
-    tracker = _Tracker()
+    tracker = RecordingTracker()
     result = fit(_config(_write_dataset(tmp_path)), tmp_path / "b.pth", tracker)
     assert result["best_epoch"] == 1
     assert result["best_valid_ndcg_at_10"] == 0.9
@@ -332,7 +329,7 @@ def test_text_encoder_run_keeps_vocabulary(tmp_path):
             "item": ["item_id", "title", "brand"],
         },
     )
-    tracker = _Tracker()
+    tracker = RecordingTracker()
     fit(config, tmp_path / "text.pth", tracker)
     state = load_checkpoint(tmp_path / "text.pth")
     assert state["model_description"] == "sasrec-d16-l2-h2-text"
