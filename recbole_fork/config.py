@@ -20,6 +20,10 @@ from typing import Any
 import yaml
 from recbole.config import Config
 
+from recbole_fork import compat
+
+compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
+
 PROPERTIES = Path(__file__).parent / "properties"
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 

@@ -15,9 +15,12 @@ from typing import Any
 
 from recbole.trainer import Trainer
 
+from recbole_fork import compat
 from recbole_fork.checkpoint import load_checkpoint, save_checkpoint
 from recbole_fork.schedulers import build_scheduler
 from recbole_fork.tracking import Tracker
+
+compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
 
 
 class StockTrainer(Trainer):

@@ -25,6 +25,10 @@ import pandas as pd
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType
 
+from recbole_fork import compat
+
+compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
+
 
 class TokenIds(Mapping):
     """``token -> id`` of one remapped field, as RecBole's ``field2token_id`` dicts.

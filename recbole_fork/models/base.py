@@ -18,7 +18,10 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
+from recbole_fork import compat
 from recbole_fork.encoders import TextItemEncoder, build_item_encoder
+
+compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
 
 
 class ForkSeqModel(SequentialRecommender):
