@@ -70,7 +70,9 @@ def _time_steps(step, n_steps: int, warmup: int = 1) -> float:
 
 def _fork_step_time(args, k: int, device: torch.device) -> float:
     from recbole_fork.config import build_config
+    from recbole_fork.encoders import Catalog
     from recbole_fork.models.sasrec import SASRecX
+    from recbole_fork.settings import RunSettings
 
     config = build_config(
         {
@@ -84,7 +86,8 @@ def _fork_step_time(args, k: int, device: torch.device) -> float:
         }
     )
     torch.manual_seed(0)
-    model = SASRecX(config, _Catalog(args.n_items)).to(device).train()
+    spec = RunSettings.from_config(config).spec
+    model = SASRecX(spec, Catalog(n_items=args.n_items, name="bench")).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator(device=device).manual_seed(0)
     items = torch.randint(
@@ -234,14 +237,14 @@ class _Watch:
 def part_positions(args, device: torch.device) -> dict[str, Any]:
     """Time for SASRecX on ml-100k to reach the stock model's best valid NDCG@10."""
     from recbole_fork.config import build_config
-    from recbole_fork.trainer import fit
+    from recbole_fork.session import train
 
     overrides = {"epochs": args.epochs, "show_progress": False, "use_gpu": device.type == "cuda"}
     config = build_config(REPO / "confs" / "pre_train" / "ml-100k-sasrec.yaml", overrides)
     watch = _Watch(args.target_ndcg)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            fit(config, Path(tmp) / "bench.pth", watch)
+            train(config, Path(tmp) / "bench.pth", tracker=watch)
             reached = False
         except _Reached:
             reached = True

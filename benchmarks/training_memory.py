@@ -94,23 +94,29 @@ def child_ours(data_path: str, name: str, batch_size: int, max_steps: int) -> di
     """Load with ``build_seq_data`` and train one epoch of the small model."""
     import torch
 
-    import recbole_fork  # noqa: F401
+    from recbole_fork.config import build_config
     from recbole_fork.data import build_seq_data
-    from recbole_fork.losses import build_loss
-    from recbole_fork.sampling import build_sampler
+    from recbole_fork.losses import LossSettings, build_loss
+    from recbole_fork.sampling import SamplerSettings, build_sampler
 
     torch.set_num_threads(1)
     base = _rss_mb()
     t0 = time.perf_counter()
-    cfg = {"data_path": data_path, "dataset": name, "max_seq_length": 50, "seed": 0}
+    cfg = build_config(
+        {"model": "SASRecX", "data_path": data_path, "dataset": name, "max_seq_length": 50,
+         "seed": 0, "use_gpu": False}
+    )  # fmt: skip
     data = build_seq_data(cfg)
     load_s = time.perf_counter() - t0
     after_load = _peak_mb()
     batches = sum(1 for _ in data.train_loader(batch_size, epoch=0))  # the data path alone
     peak_data = _peak_mb()
     ncfg = {"neg_sampler": "popularity", "num_negatives": 128, "shared_negatives": True}
-    sampler = build_sampler(ncfg, data.item_counts)
-    loss_fn = build_loss({"loss_type": "sampled_softmax", "logq_correction": True})
+    sampler = build_sampler(
+        SamplerSettings.from_mapping({**cfg.final_config_dict, **ncfg}), data.item_counts
+    )
+    loss_cfg = {"loss_type": "sampled_softmax", "logq_correction": True}
+    loss_fn = build_loss(LossSettings.from_mapping({**cfg.final_config_dict, **loss_cfg}))
     emb = torch.nn.Embedding(data.n_items, 16, padding_idx=0, sparse=True)
     opt = torch.optim.SGD(emb.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(0)

@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from recbole_fork.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError):
     """A checkpoint is missing, unreadable or of the wrong kind (one-line message)."""
 
 

@@ -1,7 +1,8 @@
 """Command lines (``scripts/pre_train.py`` and the ``rf-pre-train`` console script).
 
 Each parses its arguments, builds the config, calls one library function and prints the
-result. A user-caused error becomes one line on stderr and exit status 2.
+result. A user-caused error (``recbole_fork.errors.UserError``) becomes one line on stderr
+and exit status 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from recbole_fork.checkpoint import CheckpointError
-from recbole_fork.config import ConfigError, build_config
+from recbole_fork.config import build_config
 from recbole_fork.distributed import DistEnv, rank_gpu_id
-
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError)
+from recbole_fork.errors import UserError
+from recbole_fork.settings import ConfigError
 
 
 def write_result(checkpoint: str | Path, result: dict) -> Path:
@@ -100,7 +100,7 @@ def pre_train_main(argv: Sequence[str] | None = None) -> int:
             config_file=args.config,
             dist=dist,
         )
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if dist.is_main:
@@ -157,7 +157,7 @@ def fine_tune_main(argv: Sequence[str] | None = None) -> int:
             tracking_uri=args.tracking_uri,
             config_file=args.config,
         )
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_result(args.output, result)

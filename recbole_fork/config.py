@@ -21,6 +21,7 @@ import yaml
 from recbole.config import Config
 
 from recbole_fork import compat
+from recbole_fork.settings import ConfigError
 
 compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
 
@@ -34,10 +35,6 @@ _RECBOLE_CODE_KEYS = {
     "device", "encoding", "eval_type", "local_rank", "model", "single_spec",
     "test_neg_sample_args", "valid_neg_sample_args", "world_size",
 }  # fmt: skip
-
-
-class ConfigError(ValueError):
-    """A user-caused configuration error; the message is one line naming the culprit."""
 
 
 class ForkConfig(Config):

@@ -27,10 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from recbole_fork.errors import UserError
+
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
-class DistributedError(ValueError):
+class DistributedError(UserError):
     """A user-caused data-parallel setup error (one-line message)."""
 
 

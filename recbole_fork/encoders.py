@@ -19,10 +19,62 @@ gathers the rows of the requested ids only, so a step never embeds the whole cat
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from recbole_fork.settings import ConfigError, Settings, check_choice
+
 ITEM_ENCODERS = ("id", "text", "id+text")
+
+
+@dataclass(frozen=True)
+class EncoderSettings(Settings):
+    """The item-encoder slice (defaults: ``properties/training.yaml``)."""
+
+    item_encoder: str  # id | text | id+text
+    text_fields: tuple[str, ...]  # item fields the text encoder reads, one token table each
+    text_embedding_size: int  # width E of each token table
+    hidden_size: int  # output width D
+    initializer_range: float  # std of the N(0, std) init of tables and adapter
+
+    def __post_init__(self) -> None:
+        check_choice("item_encoder", self.item_encoder, ITEM_ENCODERS)
+        if self.uses_text and not self.text_fields:
+            raise ConfigError(
+                f"item_encoder {self.item_encoder!r} needs at least one field in text_fields"
+            )
+        for key in ("text_embedding_size", "hidden_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)}: must be at least 1")
+
+    @property
+    def uses_id(self) -> bool:
+        return "id" in self.item_encoder.split("+")
+
+    @property
+    def uses_text(self) -> bool:
+        return "text" in self.item_encoder.split("+")
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What an item encoder needs to know of the items: their number and their text.
+
+    Attributes:
+        n_items: item ids including padding 0.
+        tokens: text field -> int64 ``[n_items, T_f]`` (or ``[n_items]``) token ids, row i for
+            item id i (empty when no text field is used).
+        vocabs: text field -> token strings, index = token id (``'[PAD]'`` at 0).
+        name: the dataset's name, for messages.
+    """
+
+    n_items: int
+    tokens: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    vocabs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    name: str = "dataset"
 
 
 class IdItemEncoder(nn.Module):
@@ -143,67 +195,28 @@ class IdTextItemEncoder(nn.Module):
         }
 
 
-def text_fields_from_dataset(
-    dataset, fields: list[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
-    """Token ids and vocabularies of ``fields`` from a RecBole dataset's item features.
-
-    Args:
-        dataset: a RecBole ``Dataset`` whose ``.item` file was loaded.
-        fields: names of ``token`` or ``token_seq`` item fields.
-
-    Returns:
-        (field -> int64 ``[n_items, T_f]`` or ``[n_items]``, field -> token strings).
+def build_item_encoder(settings: EncoderSettings, catalog: Catalog) -> nn.Module:
+    """The item encoder that ``settings.item_encoder`` names, over ``catalog``.
 
     Raises:
-        ValueError: the dataset has no item features, or a field is missing or not a token field.
+        ConfigError: a text encoder over a catalog that lacks one of ``text_fields``.
     """
-    from recbole.utils import FeatureSource, FeatureType
-
-    name = getattr(dataset, "dataset_name", "dataset")
-    if dataset.item_feat is None:
-        raise ValueError(
-            f"item_encoder 'text' needs item features, but {name} has no .item file loaded "
-            "(add the fields to `load_col: {item: [...]}` or use item_encoder: id)"
-        )
-    tokens, vocabs = {}, {}
-    for field in fields:
-        if field not in dataset.field2type or dataset.field2source.get(field) != FeatureSource.ITEM:
-            raise ValueError(
-                f"text field {field!r} is not an item field of {name}; "
-                f"check `text_fields` and `load_col` (item fields: {_item_fields(dataset)})"
-            )
-        if dataset.field2type[field] not in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
-            raise ValueError(f"text field {field!r} of {name} must be a token or token_seq field")
-        tokens[field] = dataset.item_feat[field].long()
-        vocabs[field] = [str(s) for s in dataset.field2id_token[field]]
-    return tokens, vocabs
-
-
-def _item_fields(dataset) -> list[str]:
-    from recbole.utils import FeatureSource
-
-    return sorted(f for f, s in dataset.field2source.items() if s == FeatureSource.ITEM)
-
-
-def build_item_encoder(config, dataset) -> nn.Module:
-    """The item encoder named by ``config['item_encoder']``.
-
-    Reads ``hidden_size``, ``item_encoder``, ``text_fields``, ``text_embedding_size``.
-
-    Raises:
-        ValueError: unknown encoder (the valid ones are listed) or unusable text fields.
-    """
-    kind = config["item_encoder"]
-    if kind not in ITEM_ENCODERS:
-        raise ValueError(f"unknown item_encoder {kind!r}; valid: {list(ITEM_ENCODERS)}")
-    hidden = config["hidden_size"]
-    n_items = dataset.num(dataset.iid_field)
-    id_enc = IdItemEncoder(n_items, hidden) if "id" in kind.split("+") else None
+    id_enc = IdItemEncoder(catalog.n_items, settings.hidden_size) if settings.uses_id else None
     text_enc = None
-    if "text" in kind.split("+"):
-        tokens, vocabs = text_fields_from_dataset(dataset, list(config["text_fields"]))
-        text_enc = TextItemEncoder(tokens, vocabs, config["text_embedding_size"], hidden)
+    if settings.uses_text:
+        missing = [f for f in settings.text_fields if f not in catalog.tokens]
+        if missing:
+            raise ConfigError(
+                f"text field(s) {missing} are not item text fields of {catalog.name} "
+                f"(it has {sorted(catalog.tokens)}); check text_fields and load_col"
+            )
+        fields = list(settings.text_fields)
+        text_enc = TextItemEncoder(
+            {f: catalog.tokens[f] for f in fields},
+            {f: catalog.vocabs[f] for f in fields},
+            settings.text_embedding_size,
+            settings.hidden_size,
+        )
     if id_enc is not None and text_enc is not None:
         return IdTextItemEncoder(id_enc, text_enc)
     return id_enc if id_enc is not None else text_enc

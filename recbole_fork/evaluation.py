@@ -23,10 +23,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from recbole_fork.settings import ConfigError, Settings, check_range
+
 __all__ = [
+    "EvalSettings",
     "evaluate_ranking",
     "metric_key",
     "parse_eval_mode",
@@ -65,6 +69,41 @@ def parse_eval_mode(mode: str) -> tuple[str, int | None]:
         f"unknown eval_mode {mode!r}: valid forms are 'full' and 'sampled:N' with N a positive "
         "integer (e.g. 'sampled:10000')"
     )
+
+
+METRICS = ("hr", "ndcg", "mrr")
+
+
+@dataclass(frozen=True)
+class EvalSettings(Settings):
+    """The evaluation slice (defaults: ``properties/evaluation.yaml`` and RecBole's
+    ``eval_batch_size`` / ``valid_metric``)."""
+
+    eval_mode: str  # full | sampled:N
+    exclude_history: bool  # remove the user's earlier items from the ranking
+    eval_item_chunk: int
+    eval_user_chunk: int
+    topk: tuple[int, ...]
+    eval_batch_size: int
+    valid_metric: str  # e.g. NDCG@10 (case-insensitive); must be one of metric_names()
+
+    def __post_init__(self) -> None:
+        try:
+            parse_eval_mode(self.eval_mode)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        for key in ("eval_item_chunk", "eval_user_chunk", "eval_batch_size"):
+            check_range(key, getattr(self, key), low=1)
+        if not self.topk or any(k < 1 for k in self.topk):
+            raise ConfigError(f"topk={list(self.topk)}: must list cut-offs of at least 1")
+        if self.valid_metric.lower() not in self.metric_names():
+            raise ConfigError(
+                f"valid_metric {self.valid_metric!r} is not computed; valid: {self.metric_names()}"
+            )
+
+    def metric_names(self) -> list[str]:
+        """``['hr@10', 'ndcg@10', 'mrr@10', ...]``: every metric an evaluation computes."""
+        return [f"{m}@{k}" for k in self.topk for m in METRICS]
 
 
 def metric_key(phase: str, name: str) -> str:

@@ -45,34 +45,17 @@ def table_peak_flops(device_name: str, *, bf16: bool, tf32: bool = False) -> flo
     return None
 
 
-def check_peak_flops(configured) -> float | None:
-    """The config's ``peak_flops`` as a float (None stays None).
-
-    Raises:
-        ValueError: not a positive number.
-    """
-    if configured is None:
-        return None
-    try:
-        value = float(configured)
-    except (TypeError, ValueError):
-        value = 0.0
-    if not value > 0:  # also NaN
-        raise ValueError(f"peak_flops={configured!r}: must be a positive FLOP/s figure or null")
-    return value
-
-
-def resolve_peak_flops(configured, device: torch.device, *, bf16: bool) -> float | None:
+def resolve_peak_flops(
+    configured: float | None, device: torch.device, *, bf16: bool
+) -> float | None:
     """The per-device peak FLOP/s for ``mfu``: the config's ``peak_flops``, else the table.
 
     None (``mfu`` not logged) on CPU without a configured figure, and for unknown GPUs
-    (logged, naming the GPU).
-
-    Raises:
-        ValueError: a configured ``peak_flops`` that is not a positive number.
+    (logged, naming the GPU). ``peak_flops`` itself is checked (a positive number) when the
+    training settings are read.
     """
     if configured is not None:
-        return check_peak_flops(configured)
+        return float(configured)
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -105,7 +88,6 @@ def compile_backbone(model: nn.Module, device: torch.device) -> bool:
 
 __all__ = [
     "PEAK_FLOPS",
-    "check_peak_flops",
     "compile_backbone",
     "resolve_peak_flops",
     "table_peak_flops",

@@ -19,16 +19,32 @@ products divided by ``temperature``; each loss returns the mean over the N posit
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from recbole_fork.sampling import accidental_hit_mask
+from recbole_fork.settings import ConfigError, Settings, check_choice
 
-LOSSES = ("sampled_softmax", "bce", "full_ce")
+
+@dataclass(frozen=True)
+class LossSettings(Settings):
+    """The loss slice (defaults: ``properties/data.yaml`` and the model's file)."""
+
+    loss_type: str  # a name of LOSSES
+    temperature: float  # scores are divided by it (> 0)
+    logq_correction: bool  # sampled_softmax only: subtract log q(item)
+
+    def __post_init__(self) -> None:
+        check_choice("loss_type", self.loss_type, LOSSES)
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature={self.temperature}: must be > 0")
+        if self.logq_correction and not LOSSES[self.loss_type].supports_logq:
+            raise ConfigError(
+                f"logq_correction applies to loss_type sampled_softmax only, not {self.loss_type!r}"
+            )
 
 
 def _neg_scores(user: torch.Tensor, neg_emb: torch.Tensor) -> torch.Tensor:
@@ -46,6 +62,7 @@ class Loss(nn.Module):
     """
 
     needs_negatives = True
+    supports_logq = False
     name = "base"
 
     def __init__(self, temperature: float = 1.0) -> None:
@@ -53,6 +70,11 @@ class Loss(nn.Module):
         if not temperature > 0:
             raise ValueError(f"temperature={temperature}: must be > 0")
         self.temperature = float(temperature)
+
+    @classmethod
+    def from_settings(cls, settings: LossSettings) -> Loss:
+        """Build from the loss slice (a subclass with more options overrides it)."""
+        return cls(settings.temperature)
 
     def forward(
         self,
@@ -88,10 +110,15 @@ class SampledSoftmaxLoss(Loss):
     """Softmax over the positive and K sampled negatives (accidental hits masked)."""
 
     name = "ssm"
+    supports_logq = True
 
     def __init__(self, temperature: float = 1.0, logq_correction: bool = False) -> None:
         super().__init__(temperature)
         self.logq_correction = bool(logq_correction)
+
+    @classmethod
+    def from_settings(cls, settings: LossSettings) -> SampledSoftmaxLoss:
+        return cls(settings.temperature, settings.logq_correction)
 
     def forward(
         self,
@@ -171,32 +198,14 @@ class FullCELoss(Loss):
         return F.cross_entropy(logits, pos_ids)
 
 
-def _setting(config: Any, key: str, default: Any) -> Any:
-    # A RecBole Config has no .get but reads unknown keys as None; a dict raises instead.
-    value = config.get(key) if isinstance(config, Mapping) else config[key]
-    return default if value is None else value
+# loss_type -> class: a new loss is one class above and one entry here.
+LOSSES: dict[str, type[Loss]] = {
+    "sampled_softmax": SampledSoftmaxLoss,
+    "bce": BCELoss,
+    "full_ce": FullCELoss,
+}
 
 
-def build_loss(config: Any) -> Loss:
-    """The loss that ``config['loss_type']`` names (default ``sampled_softmax``).
-
-    Args:
-        config: RecBole ``Config`` or mapping with ``loss_type``, ``temperature``,
-            ``logq_correction``.
-
-    Raises:
-        ValueError: unknown ``loss_type`` (valid ones listed), temperature not > 0, or
-            ``logq_correction`` with a loss other than ``sampled_softmax``.
-    """
-    name = str(_setting(config, "loss_type", "sampled_softmax"))
-    temperature = float(_setting(config, "temperature", 1.0))
-    logq = bool(_setting(config, "logq_correction", False))
-    if name not in LOSSES:
-        raise ValueError(f"loss_type={name!r} is not one of {list(LOSSES)}")
-    if logq and name != "sampled_softmax":
-        raise ValueError(f"logq_correction applies to loss_type sampled_softmax only, not {name!r}")
-    if name == "sampled_softmax":
-        return SampledSoftmaxLoss(temperature, logq)
-    if name == "bce":
-        return BCELoss(temperature)
-    return FullCELoss(temperature)
+def build_loss(settings: LossSettings) -> Loss:
+    """The loss that ``settings.loss_type`` names (checked when the slice was read)."""
+    return LOSSES[settings.loss_type].from_settings(settings)

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from recbole_fork.checkpoint import CheckpointError, load_checkpoint
-from recbole_fork.config import ForkConfig, resolve_config_path
+from recbole_fork.config import ForkConfig
 from recbole_fork.distributed import DistEnv, DistributedError, process_group
-from recbole_fork.models import get_model_class, is_fork_model
-from recbole_fork.params import count_parameters
-from recbole_fork.tracking import Tracker, metric_name
+from recbole_fork.naming import run_name
+from recbole_fork.settings import RunSettings
+from recbole_fork.tracking import metric_name
 
 logger = logging.getLogger("recbole_fork")
 
@@ -32,31 +32,6 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(level)
-
-
-def experiment_name(config: ForkConfig, script: str = "pre_train") -> str:
-    """One experiment per script and dataset: ``pre_train-amazon-1M`` (or the config's)."""
-    return config["experiment"] or f"{script}-{config['dataset']}"
-
-
-def default_run_name(config: ForkConfig) -> str:
-    """A run name from the hyperparameters: ``sasrecx-d64-l2-text-amazon-1M-s42``.
-
-    The same string names the MLflow run, the checkpoint folder and a sweep trial.
-    """
-    if config["run_name"]:
-        return str(config["run_name"])
-    parts = [str(config["model"]).lower()]
-    if not is_fork_model(config["model"]):
-        parts.insert(0, "recbole")
-    if config["hidden_size"] is not None:
-        parts.append(f"d{config['hidden_size']}")
-    if config["n_layers"] is not None:
-        parts.append(f"l{config['n_layers']}")
-    if config["item_encoder"] and config["item_encoder"] != "id":
-        parts.append(str(config["item_encoder"]).replace("+", ""))
-    parts += [str(config["dataset"]), f"s{config['seed']}"]
-    return "-".join(parts)
 
 
 def resume_run_id(checkpoint_path: str | Path, resume: bool) -> str | None:
@@ -105,27 +80,36 @@ def pre_train(
     """
     dist = dist or DistEnv.from_environ()
     setup_logging(logging.INFO if dist.is_main else logging.WARNING)
+    settings = RunSettings.from_config(config)  # every key checked before anything loads
     if dist.enabled:
-        if not is_fork_model(config["model"]):
+        if not settings.is_fork_model:
             raise DistributedError(
-                f"{config['model']} is a stock RecBole model; torchrun data parallelism "
+                f"{settings.model} is a stock RecBole model; torchrun data parallelism "
                 "covers the fork's models only: run it as one process"
             )
-        dist.local_batch_size(int(config["train_batch_size"]))
+        dist.local_batch_size(settings.training.train_batch_size)
     run_id = resume_run_id(checkpoint_path, resume)
-    with process_group(dist, config["device"]):
-        if not dist.is_main:
-            from recbole_fork.trainer import fit
-
-            # Trains and evaluates its shard; logs nothing, writes nothing.
-            return fit(config, checkpoint_path, None, resume, dist=dist)
-        return _pre_train_tracked(
-            config, checkpoint_path, resume, tracking_uri, config_file, script, run_id, dist
+    with process_group(dist, settings.device):
+        if not settings.is_fork_model:
+            return _train_stock(
+                config, settings, checkpoint_path, resume, tracking_uri, script, run_id, config_file
+            )
+        return _train_fork(
+            config,
+            settings,
+            checkpoint_path,
+            resume,
+            tracking_uri,
+            config_file,
+            script,
+            run_id,
+            dist,
         )
 
 
-def _pre_train_tracked(
+def _train_fork(
     config: ForkConfig,
+    settings: RunSettings,
     checkpoint_path: str | Path,
     resume: bool,
     tracking_uri: str | None,
@@ -134,70 +118,89 @@ def _pre_train_tracked(
     run_id: str | None,
     dist: DistEnv,
 ) -> dict[str, Any]:
-    """``pre_train`` of the one process that logs (rank 0): MLflow run, training, result."""
-    tracker = Tracker(
-        experiment_name(config, script),
-        default_run_name(config),
+    """A fork model: open the tracked run (rank 0 only), assemble and train it."""
+    from recbole_fork.session import open_tracked_run, train
+
+    if not dist.is_main:  # trains and evaluates its shard; logs nothing, writes nothing
+        return train(config, checkpoint_path, settings=settings, resume=resume, dist=dist)
+    with open_tracked_run(
+        settings,
+        script=script,
+        run_name=run_name(settings),
         tracking_uri=tracking_uri,
         run_id=run_id,
-        tags={"script": script, "model": str(config["model"]), "dataset": str(config["dataset"])},
-    )
-    with tracker:
-        if config_file is not None:
-            tracker.log_artifact(resolve_config_path(config_file))
-        tracker.log_dict(config.to_dict(), "resolved_config.json")
-        if is_fork_model(config["model"]):
-            from recbole_fork.trainer import fit
-
-            result = fit(config, checkpoint_path, tracker, resume, dist=dist)
-        else:
-            result = _train_stock(config, checkpoint_path, tracker, resume)
+        config_file=config_file,
+    ) as tracker:
+        result = train(
+            config, checkpoint_path, settings=settings, tracker=tracker, resume=resume, dist=dist
+        )
         tracker.log_dict(result, "final_metrics.json")
-    logger.info(f"MLflow run {tracker.run_id} ({tracker.run_name}) at {tracker.uri}")
     return result
 
 
 def _train_stock(
-    config: ForkConfig, checkpoint_path: str | Path, tracker: Tracker, resume: bool
+    config: ForkConfig,
+    settings: RunSettings,
+    checkpoint_path: str | Path,
+    resume: bool,
+    tracking_uri: str | None,
+    script: str,
+    run_id: str | None,
+    config_file: str | Path | None,
 ) -> dict[str, Any]:
-    """RecBole's own data pipeline and model, through ``StockTrainer``."""
+    """RecBole's own data pipeline and model, through ``StockTrainer`` (the RecBole edge:
+    RecBole's model and trainer read its ``Config`` themselves)."""
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
+    from recbole_fork.models import get_model_class
+    from recbole_fork.params import count_parameters
+    from recbole_fork.session import open_tracked_run
     from recbole_fork.stock_trainer import StockTrainer
 
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model = get_model_class(config["model"])(config, train_data._dataset).to(config["device"])
-    counts = count_parameters(model)
-    tracker.log_params(
-        {
-            **config.to_dict(),
-            **counts.as_dict(),
-            "dataset_users": dataset.user_num - 1,
-            "dataset_items": dataset.item_num - 1,
-            "dataset_interactions": dataset.inter_num,
-            "run_name": tracker.run_name,
+    with open_tracked_run(
+        settings,
+        script=script,
+        run_name=run_name(settings),
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        config_file=config_file,
+    ) as tracker:
+        init_seed(config["seed"], config["reproducibility"])
+        dataset = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+        model = get_model_class(config["model"])(config, train_data._dataset).to(config["device"])
+        counts = count_parameters(model)
+        tracker.log_params(
+            {
+                **settings.resolved,
+                **counts.as_dict(),
+                "dataset_users": dataset.user_num - 1,
+                "dataset_items": dataset.item_num - 1,
+                "dataset_interactions": dataset.inter_num,
+                "run_name": tracker.run_name,
+            }
+        )
+        logger.info(f"{config['model']}: {counts}")
+        trainer = StockTrainer(
+            config, model, checkpoint_path, tracker, scheduler=settings.training.scheduler
+        )
+        if resume:
+            if not Path(checkpoint_path).is_file():
+                raise CheckpointError(f"checkpoint {checkpoint_path} not found; nothing to resume")
+            trainer.resume_checkpoint(checkpoint_path)
+        best_score, best_valid = trainer.fit(
+            train_data, valid_data, show_progress=config["show_progress"]
+        )
+        test_result = trainer.evaluate(
+            test_data, load_best_model=True, show_progress=config["show_progress"]
+        )
+        result: dict[str, Any] = {
+            metric_name(f"best_valid_{k}"): float(v) for k, v in (best_valid or {}).items()
         }
-    )
-    logger.info(f"{config['model']}: {counts}")
-    trainer = StockTrainer(config, model, checkpoint_path, tracker)
-    if resume:
-        if not Path(checkpoint_path).is_file():
-            raise CheckpointError(f"checkpoint {checkpoint_path} not found; nothing to resume")
-        trainer.resume_checkpoint(checkpoint_path)
-    best_score, best_valid = trainer.fit(
-        train_data, valid_data, show_progress=config["show_progress"]
-    )
-    test_result = trainer.evaluate(
-        test_data, load_best_model=True, show_progress=config["show_progress"]
-    )
-    result: dict[str, Any] = {
-        metric_name(f"best_valid_{k}"): float(v) for k, v in (best_valid or {}).items()
-    }
-    result.update({metric_name(f"best_test_{k}"): float(v) for k, v in test_result.items()})
-    result.update(counts.as_dict())
-    tracker.log_metrics({k: v for k, v in result.items()})
+        result.update({metric_name(f"best_test_{k}"): float(v) for k, v in test_result.items()})
+        result.update(counts.as_dict())
+        tracker.log_metrics({k: v for k, v in result.items()})
+        tracker.log_dict(result, "final_metrics.json")
     return result

@@ -25,13 +25,27 @@ well under a millisecond.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-SAMPLERS = ("uniform", "popularity", "in_batch")
+from recbole_fork.settings import ConfigError, Settings, check_choice
+
+
+@dataclass(frozen=True)
+class SamplerSettings(Settings):
+    """The negative-sampling slice (defaults: ``properties/data.yaml``)."""
+
+    neg_sampler: str  # a name of SAMPLERS
+    num_negatives: int  # K per example, or per batch when shared
+    shared_negatives: bool  # one [K] set per batch instead of [N, K]
+    neg_popularity_alpha: float  # popularity: exponent of the training counts
+
+    def __post_init__(self) -> None:
+        check_choice("neg_sampler", self.neg_sampler, SAMPLERS)
+        if self.num_negatives < 1:
+            raise ConfigError(f"num_negatives={self.num_negatives}: must be at least 1")
 
 
 class NegativeSampler:
@@ -90,6 +104,10 @@ class UniformSampler(NegativeSampler):
 
     name = "uniform"
 
+    @classmethod
+    def from_settings(cls, settings: SamplerSettings, item_counts: np.ndarray) -> NegativeSampler:
+        return cls(len(item_counts), settings.num_negatives, settings.shared_negatives)
+
     def _draw(self, shape, device, generator):
         return torch.randint(1, self.n_items, shape, generator=generator, device=device)
 
@@ -120,6 +138,15 @@ class PopularitySampler(NegativeSampler):
         with np.errstate(divide="ignore"):  # log(0) = -inf for padding, on purpose
             self._log_p = torch.from_numpy(np.log(w / w.sum())).float()  # [n_items]
         self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: SamplerSettings, item_counts: np.ndarray) -> NegativeSampler:
+        return cls(
+            item_counts,
+            settings.num_negatives,
+            settings.shared_negatives,
+            settings.neg_popularity_alpha,
+        )
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         device = torch.device(device)
@@ -152,6 +179,10 @@ class InBatchSampler(PopularitySampler):
     def __init__(self, item_counts: np.ndarray, num_negatives: int, shared: bool) -> None:
         super().__init__(item_counts, num_negatives, shared, alpha=1.0)
 
+    @classmethod
+    def from_settings(cls, settings: SamplerSettings, item_counts: np.ndarray) -> NegativeSampler:
+        return cls(item_counts, settings.num_negatives, settings.shared_negatives)
+
     def sample(
         self, pos_ids: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -166,45 +197,34 @@ class InBatchSampler(PopularitySampler):
         return "inbatch" + ("-shared" if self.shared else f"-k{self.num_negatives}")
 
 
-def _setting(config: Any, key: str, default: Any) -> Any:
-    # A RecBole Config has no .get but reads unknown keys as None; a dict raises instead.
-    value = config.get(key) if isinstance(config, Mapping) else config[key]
-    return default if value is None else value
+# neg_sampler -> class: a new sampler is one class above and one entry here.
+SAMPLERS: dict[str, type[NegativeSampler]] = {
+    "uniform": UniformSampler,
+    "popularity": PopularitySampler,
+    "in_batch": InBatchSampler,
+}
 
 
-def build_sampler(config: Any, item_counts: np.ndarray) -> NegativeSampler:
-    """The negative sampler that ``config`` names.
+def build_sampler(settings: SamplerSettings, item_counts: np.ndarray) -> NegativeSampler:
+    """The negative sampler that ``settings`` names.
 
     Args:
-        config: RecBole ``Config`` or mapping with ``neg_sampler``, ``num_negatives``,
-            ``shared_negatives``, ``neg_popularity_alpha``.
+        settings: the sampler slice.
         item_counts: int [n_items], training-split count of each item id (index 0 = padding);
             its length fixes the catalog size.
 
     Raises:
-        ValueError: unknown sampler (the valid ones are listed), K below 1, or K larger than
-            the catalog (``n_items - 1`` real items).
+        ConfigError: K larger than the catalog (``n_items - 1`` real items).
     """
-    name = str(_setting(config, "neg_sampler", "uniform"))
-    k = int(_setting(config, "num_negatives", 100))
-    shared = bool(_setting(config, "shared_negatives", False))
-    alpha = float(_setting(config, "neg_popularity_alpha", 1.0))
     n_items = len(item_counts)
-    if name not in SAMPLERS:
-        raise ValueError(f"neg_sampler={name!r} is not one of {list(SAMPLERS)}")
-    if k < 1:
-        raise ValueError(f"num_negatives={k}: must be at least 1")
+    k = settings.num_negatives
     # Shared in-batch negatives are the batch itself: num_negatives plays no part.
-    if k > n_items - 1 and not (name == "in_batch" and shared):
-        raise ValueError(
+    if k > n_items - 1 and not (settings.neg_sampler == "in_batch" and settings.shared_negatives):
+        raise ConfigError(
             f"num_negatives={k} is larger than the catalog ({n_items - 1} real items): "
             f"lower num_negatives or use loss_type full_ce"
         )
-    if name == "uniform":
-        return UniformSampler(n_items, k, shared)
-    if name == "popularity":
-        return PopularitySampler(item_counts, k, shared, alpha)
-    return InBatchSampler(item_counts, k, shared)
+    return SAMPLERS[settings.neg_sampler].from_settings(settings, item_counts)
 
 
 def accidental_hit_mask(pos_ids: torch.Tensor, neg_ids: torch.Tensor) -> torch.Tensor:

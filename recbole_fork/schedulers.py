@@ -8,17 +8,40 @@ a resumed run restores the scheduler's state dict and goes on from the same step
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
+from recbole_fork.settings import ConfigError, Settings, check_choice, check_range
+
 SCHEDULERS = ("one_cycle", "constant", "warmup_cosine")
 
 
+@dataclass(frozen=True)
+class SchedulerSettings(Settings):
+    """``scheduler: {type: ..., ...}`` (defaults: ``properties/foundation.yaml``)."""
+
+    type: str  # one_cycle | constant | warmup_cosine
+    pct_start: float  # one_cycle: share of the steps rising to learning_rate
+    div_factor: float  # one_cycle: initial LR = learning_rate / div_factor
+    final_div_factor: float  # one_cycle: final LR = initial LR / final_div_factor
+    anneal_strategy: str  # one_cycle: cos | linear
+    warmup_steps: int  # warmup_cosine: linear warmup steps (0 = 5% of the run)
+    min_lr_ratio: float  # warmup_cosine: final LR as a share of learning_rate
+
+    def __post_init__(self) -> None:
+        check_choice("scheduler.type", self.type, SCHEDULERS)
+        check_choice("scheduler.anneal_strategy", self.anneal_strategy, ("cos", "linear"))
+        check_range("scheduler.pct_start", self.pct_start, low=0.0, high=1.0)
+        check_range("scheduler.warmup_steps", self.warmup_steps, low=0)
+        for key in ("div_factor", "final_div_factor"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"scheduler.{key}={getattr(self, key)}: must be > 0")
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, spec: Mapping[str, Any] | str | None, total_steps: int
+    optimizer: torch.optim.Optimizer, spec: SchedulerSettings, total_steps: int
 ) -> LRScheduler:
     """Build the LR schedule for a run of ``total_steps`` optimizer steps.
 
@@ -27,17 +50,13 @@ def build_scheduler(
 
     Args:
         optimizer: its ``lr`` is the peak learning rate (the config's ``learning_rate``).
-        spec: ``{"type": "one_cycle", "pct_start": 0.3, ...}``, a bare type name, or None
-            (constant).
+        spec: the ``scheduler`` settings.
         total_steps: optimizer steps in the whole run (epochs x steps per epoch).
 
     Raises:
-        ValueError: an unknown type (listing the valid ones) or ``total_steps < 1``.
+        ValueError: ``total_steps < 1``.
     """
-    spec = {"type": spec} if isinstance(spec, str) else dict(spec or {"type": "constant"})
-    kind = spec.get("type") or "constant"
-    if kind not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler type {kind!r}; valid: {', '.join(SCHEDULERS)}")
+    kind = spec.type
     if total_steps < 1:
         raise ValueError(f"scheduler needs total_steps >= 1, got {total_steps}")
     if kind == "constant":
@@ -48,15 +67,15 @@ def build_scheduler(
             optimizer,
             max_lr=max_lr,
             total_steps=total_steps,
-            pct_start=float(spec.get("pct_start", 0.3)),
-            anneal_strategy=spec.get("anneal_strategy", "cos"),
-            div_factor=float(spec.get("div_factor", 25.0)),
-            final_div_factor=float(spec.get("final_div_factor", 1e4)),
+            pct_start=spec.pct_start,
+            anneal_strategy=spec.anneal_strategy,
+            div_factor=spec.div_factor,
+            final_div_factor=spec.final_div_factor,
             # Adam has no momentum to cycle; cycling beta1 changes the optimiser, not the LR.
             cycle_momentum=False,
         )
-    warmup = int(spec.get("warmup_steps", 0)) or max(1, int(0.05 * total_steps))
-    floor = float(spec.get("min_lr_ratio", 0.0))
+    warmup = spec.warmup_steps or max(1, int(0.05 * total_steps))
+    floor = spec.min_lr_ratio
 
     def warmup_cosine(step: int) -> float:
         if step < warmup:

@@ -17,7 +17,7 @@ from recbole.trainer import Trainer
 
 from recbole_fork import compat
 from recbole_fork.checkpoint import load_checkpoint, save_checkpoint
-from recbole_fork.schedulers import build_scheduler
+from recbole_fork.schedulers import SchedulerSettings, build_scheduler
 from recbole_fork.tracking import Tracker
 
 compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
@@ -31,10 +31,19 @@ class StockTrainer(Trainer):
         model: a RecBole model.
         checkpoint_path: where the best model's checkpoint goes.
         tracker: the MLflow run, or None to log nothing.
+        scheduler: the LR schedule's settings (default: read from ``config``).
     """
 
-    def __init__(self, config, model, checkpoint_path: str | Path, tracker: Tracker | None = None):
+    def __init__(
+        self,
+        config,
+        model,
+        checkpoint_path: str | Path,
+        tracker: Tracker | None = None,
+        scheduler: SchedulerSettings | None = None,
+    ):
         super().__init__(config, model)
+        self.scheduler_settings = scheduler or SchedulerSettings.from_mapping(config["scheduler"])
         self.saved_model_file = str(checkpoint_path)
         Path(checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
         self.tracker = tracker
@@ -46,7 +55,7 @@ class StockTrainer(Trainer):
         total = max(1, self.epochs * steps_per_epoch)
         # Build the schedule on the fresh optimizer (peak LR = learning_rate), then restore the
         # saved states on top: the resumed run continues at the saved step's LR.
-        self.lr_scheduler = build_scheduler(self.optimizer, self.config["scheduler"], total)
+        self.lr_scheduler = build_scheduler(self.optimizer, self.scheduler_settings, total)
         if self._resume_state is not None:
             self.optimizer.load_state_dict(self._resume_state["optimizer"])
             if self._resume_state.get("scheduler"):

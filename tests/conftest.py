@@ -101,3 +101,138 @@ class RecordingTracker:
     def at(self, step: int) -> dict:
         """The metrics logged at ``step`` (the first call with that step)."""
         return next(m for m, s in self.metrics if s == step)
+
+
+# ----- the fork's configs, settings and tiny models (one helper each for every test module) -
+
+
+def run_config(data_path: Path | str | None = None, **settings):
+    """``build_config`` of ``settings`` (over ``data_path`` when given), one process on the
+    CPU, no progress bars: the test suite's one config builder."""
+    from recbole_fork.config import build_config
+
+    base: dict = {"use_gpu": False, "show_progress": False}
+    if data_path is not None:
+        base["data_path"] = str(data_path)
+    return build_config({**base, **settings})
+
+
+def model_spec(model: str = "SASRecX", **overrides):
+    """A fork model's ``ModelSpec`` from its YAML defaults plus ``overrides`` (no data read)."""
+    from recbole_fork.settings import RunSettings
+
+    return RunSettings.from_config(run_config(model=model, dataset="tiny", **overrides)).spec
+
+
+def backbone_settings(model: str = "SASRecX", **overrides):
+    """The backbone slice of ``model_spec(model, **overrides)``."""
+    return model_spec(model, **overrides).backbone
+
+
+def tiny_fork_model(model: str, n_items: int, seed: int = 0, **overrides):
+    """A fork model over ``n_items`` item ids (padding included), ids only, uniform negative
+    counts, built after ``torch.manual_seed(seed)``; in eval mode."""
+    import torch
+
+    from recbole_fork.encoders import Catalog
+    from recbole_fork.models import get_model_class
+
+    spec = model_spec(model, **overrides)
+    torch.manual_seed(seed)
+    return get_model_class(model)(spec, Catalog(n_items=n_items, name="tiny")).eval()
+
+
+def assert_backbone_learns(
+    make_backbone, *, normalize: bool, temperature: float, with_time: bool, optimizer
+) -> None:
+    """A backbone with a plain item table learns a walk through the catalog in 30 steps.
+
+    Each user walks the catalogue in steps of 1 from a random start (a learnable next item);
+    a sampled softmax over 8 shared negatives must fall below half its starting value.
+
+    Args:
+        make_backbone: builds the backbone (called after ``torch.manual_seed(0)``).
+        normalize: L2-normalise user states and items (HSTU) or not.
+        temperature: scores are divided by it.
+        with_time: pass hourly timestamps as ``time_seq``.
+        optimizer: the optimizer class (lr 1e-2).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    n_items, seq_len = 30, 6
+    backbone = make_backbone()
+    items = torch.nn.Embedding(n_items, backbone.hidden_size)
+    start = torch.randint(1, n_items - seq_len - 1, (16, 1))
+    seq = start + torch.arange(seq_len + 1)
+    inputs, targets = seq[:, :-1], seq[:, 1:]
+    mask = torch.ones_like(inputs, dtype=torch.bool)
+    times = inputs * 3600 if with_time else None
+    opt = optimizer([*backbone.parameters(), *items.parameters()], lr=1e-2)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+        user = norm(backbone(items(inputs), mask, times))  # [B, L, D]
+        negatives = torch.randint(1, n_items, (8,), generator=generator)  # shared by the batch
+        pos = (user * norm(items(targets))).sum(-1, keepdim=True)  # [B, L, 1]
+        neg = user @ norm(items(negatives)).T  # [B, L, 8]
+        logits = torch.cat([pos, neg], dim=-1) / temperature
+        logits[..., 1:] = logits[..., 1:].masked_fill(negatives == targets[..., None], -1e9)
+        return F.cross_entropy(logits.flatten(0, 1), torch.zeros(logits.shape[0] * seq_len).long())
+
+    backbone.eval()
+    with torch.no_grad():
+        first = loss_fn(torch.Generator().manual_seed(5)).item()
+    backbone.train()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        opt.zero_grad()
+        loss_fn(gen).backward()
+        opt.step()
+    backbone.eval()
+    with torch.no_grad():
+        last = loss_fn(torch.Generator().manual_seed(5)).item()
+    assert last < 0.5 * first
+
+
+def settings_slice(cls, **overrides):
+    """A settings slice (``LossSettings``, ``SamplerSettings``, ...) from the fork's YAML
+    defaults plus ``overrides``; no RecBole config, no data."""
+    from recbole_fork.config import fork_defaults
+
+    return cls.from_mapping({**fork_defaults("SASRecX"), **overrides})
+
+
+def scheduler_settings(**overrides):
+    """``SchedulerSettings`` from ``foundation.yaml`` plus ``overrides``."""
+    from recbole_fork.config import fork_defaults
+    from recbole_fork.schedulers import SchedulerSettings
+
+    return SchedulerSettings.from_mapping({**fork_defaults("SASRecX")["scheduler"], **overrides})
+
+
+def trainer_for(config, checkpoint_path, seed: int | None = None):
+    """A ``SeqTrainer`` over the data and a fresh model of ``config`` (the model built after
+    ``torch.manual_seed(seed)`` when a seed is given)."""
+    import torch
+
+    from recbole_fork.data import build_seq_data
+    from recbole_fork.session import build_model
+    from recbole_fork.settings import RunSettings
+    from recbole_fork.trainer import SeqTrainer
+
+    settings = RunSettings.from_config(config)
+    data = build_seq_data(config, settings.data)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = build_model(settings.spec, data)
+    return SeqTrainer(
+        model,
+        data,
+        training=settings.training,
+        evaluation=settings.evaluation,
+        checkpoint_path=checkpoint_path,
+    )

@@ -1,12 +1,13 @@
 """Sequential data: histories stored once, windows cut on the fly, leave-one-out split."""
 
-from recbole_fork.data.dataset import SeqDataset
+from recbole_fork.data.dataset import SeqDataset, catalog_from_dataset
 from recbole_fork.data.seq_data import (
     EVAL_PHASES,
+    DataError,
+    DataSettings,
     EvalLoader,
     SeqData,
     TrainLoader,
-    as_recbole_config,
     build_seq_data,
 )
 from recbole_fork.data.windows import TRAIN_MODES
@@ -14,10 +15,12 @@ from recbole_fork.data.windows import TRAIN_MODES
 __all__ = [
     "EVAL_PHASES",
     "TRAIN_MODES",
+    "DataError",
+    "DataSettings",
     "EvalLoader",
     "SeqData",
     "SeqDataset",
     "TrainLoader",
-    "as_recbole_config",
     "build_seq_data",
+    "catalog_from_dataset",
 ]

@@ -22,10 +22,13 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType
 
 from recbole_fork import compat
+from recbole_fork.encoders import Catalog
+from recbole_fork.settings import ConfigError
 
 compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
 
@@ -224,3 +227,59 @@ class SeqDataset(Dataset):
         raise NotImplementedError(
             "SeqDataset keeps no interaction frame; use recbole_fork.data.build_seq_data(config)"
         )
+
+
+def catalog_from_dataset(dataset, text_fields=()) -> Catalog:
+    """The item catalog of a RecBole dataset: item count and the token ids of ``text_fields``.
+
+    Raises:
+        ConfigError: see ``text_fields_from_dataset``.
+    """
+    tokens, vocabs = ({}, {})
+    if text_fields:
+        tokens, vocabs = text_fields_from_dataset(dataset, list(text_fields))
+    return Catalog(
+        n_items=int(dataset.num(dataset.iid_field)),
+        tokens=tokens,
+        vocabs=vocabs,
+        name=str(getattr(dataset, "dataset_name", "dataset")),
+    )
+
+
+def text_fields_from_dataset(
+    dataset, fields: list[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Token ids and vocabularies of ``fields`` from a RecBole dataset's item features.
+
+    Args:
+        dataset: a RecBole ``Dataset`` whose ``.item` file was loaded.
+        fields: names of ``token`` or ``token_seq`` item fields.
+
+    Returns:
+        (field -> int64 ``[n_items, T_f]`` or ``[n_items]``, field -> token strings).
+
+    Raises:
+        ConfigError: the dataset has no item features, or a field is missing or not a token field.
+    """
+    name = getattr(dataset, "dataset_name", "dataset")
+    if dataset.item_feat is None:
+        raise ConfigError(
+            f"item_encoder 'text' needs item features, but {name} has no .item file loaded "
+            "(add the fields to `load_col: {item: [...]}` or use item_encoder: id)"
+        )
+    tokens, vocabs = {}, {}
+    for field in fields:
+        if field not in dataset.field2type or dataset.field2source.get(field) != FeatureSource.ITEM:
+            raise ConfigError(
+                f"text field {field!r} is not an item field of {name}; "
+                f"check `text_fields` and `load_col` (item fields: {_item_fields(dataset)})"
+            )
+        if dataset.field2type[field] not in (FeatureType.TOKEN, FeatureType.TOKEN_SEQ):
+            raise ConfigError(f"text field {field!r} of {name} must be a token or token_seq field")
+        tokens[field] = dataset.item_feat[field].long()
+        vocabs[field] = [str(s) for s in dataset.field2id_token[field]]
+    return tokens, vocabs
+
+
+def _item_fields(dataset) -> list[str]:
+    return sorted(f for f, s in dataset.field2source.items() if s == FeatureSource.ITEM)

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from recbole_fork.data.dataset import SeqDataset
 from recbole_fork.data.windows import (
     TRAIN_MODES,
     gather_eval,
@@ -32,15 +31,44 @@ from recbole_fork.data.windows import (
     sample_slices,
     samples_per_user,
 )
+from recbole_fork.errors import UserError
+from recbole_fork.settings import ConfigError, Settings, check_choice, check_range
 
 logger = logging.getLogger(__name__)
 
+
+class DataError(UserError):
+    """A dataset that cannot be used (missing files, nothing to train or evaluate)."""
+
+
 EVAL_PHASES = ("valid", "test", "train")
-DATA_DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "properties" / "data.yaml"
 
 
-def _data_defaults() -> dict[str, Any]:
-    return yaml.safe_load(DATA_DEFAULTS_FILE.read_text(encoding="utf-8")) or {}
+@dataclass(frozen=True)
+class DataSettings(Settings):
+    """The data slice (defaults: ``properties/data.yaml``; ``seed`` is RecBole's)."""
+
+    max_seq_length: int  # L, input positions of a sample
+    train_mode: str  # all_positions | last_position
+    train_window_stride: int | None  # None = max_seq_length
+    pin_memory: bool
+    trim_padding: bool
+    eval_by_length: bool
+    train_bucket_batches: int  # 0 = plain shuffled batches
+    seed: int  # shuffles and the train-phase evaluation sample
+
+    def __post_init__(self) -> None:
+        check_choice("train_mode", self.train_mode, TRAIN_MODES)
+        check_range("max_seq_length", self.max_seq_length, low=1)
+        if self.train_window_stride is not None:
+            check_range("train_window_stride", self.train_window_stride, low=1)
+            if self.train_window_stride > self.max_seq_length:
+                raise ConfigError(
+                    f"train_window_stride={self.train_window_stride}: must be between 1 and "
+                    f"max_seq_length={self.max_seq_length} (a larger stride would skip "
+                    "training transitions)"
+                )
+        check_range("train_bucket_batches", self.train_bucket_batches, low=0)
 
 
 def _check_shard(rank: int, world_size: int) -> None:
@@ -67,43 +95,21 @@ class SeqData:
             bucket_batches, eval_by_length: the settings in use (``properties/data.yaml``).
     """
 
-    def __init__(
-        self,
-        dataset: SeqDataset,
-        *,
-        max_seq_length: int,
-        train_mode: str = "all_positions",
-        train_window_stride: int | None = None,
-        seed: int = 0,
-        pin_memory: bool = False,
-        trim_padding: bool = True,
-        bucket_batches: int = 0,
-        eval_by_length: bool = True,
-    ) -> None:
-        if train_mode not in TRAIN_MODES:
-            raise ValueError(f"train_mode={train_mode!r} is not one of {list(TRAIN_MODES)}")
-        if int(max_seq_length) < 1:
-            raise ValueError(f"max_seq_length={max_seq_length}: must be at least 1")
-        stride = int(max_seq_length) if train_window_stride is None else int(train_window_stride)
-        if not 1 <= stride <= max_seq_length:
-            raise ValueError(
-                f"train_window_stride={stride}: must be between 1 and max_seq_length="
-                f"{max_seq_length} (a larger stride would skip training transitions)"
-            )
-        if int(bucket_batches) < 0:
-            raise ValueError(
-                f"train_bucket_batches={bucket_batches}: must be 0 (off) or a number of batches"
-            )
+    def __init__(self, dataset, settings: DataSettings) -> None:
+        max_seq_length = settings.max_seq_length
+        train_mode = settings.train_mode
+        stride = settings.train_window_stride or max_seq_length
         self.dataset = dataset
+        self.settings = settings
         self.name = str(dataset.dataset_name)
-        self.max_seq_length = int(max_seq_length)
+        self.max_seq_length = max_seq_length
         self.train_mode = train_mode
         self.train_window_stride = stride
-        self.seed = int(seed)
-        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
-        self.trim_padding = bool(trim_padding)
-        self.bucket_batches = int(bucket_batches)
-        self.eval_by_length = bool(eval_by_length)
+        self.seed = settings.seed
+        self.pin_memory = settings.pin_memory and torch.cuda.is_available()
+        self.trim_padding = settings.trim_padding
+        self.bucket_batches = settings.train_bucket_batches
+        self.eval_by_length = settings.eval_by_length
         self.n_items = int(dataset.item_num)
         self.n_users = int(dataset.user_num)
 
@@ -117,7 +123,7 @@ class SeqData:
         self.n_short_users = int(((n > 0) & ~evaluated).sum())
         self._eval_users = np.flatnonzero(evaluated).astype(np.int64)
         if len(self._eval_users) == 0:
-            raise ValueError(
+            raise DataError(
                 f"dataset {self.name!r}: no user has the 3 interactions needed for a valid and "
                 f"a test item ({self.n_short_users} users have fewer); nothing to evaluate"
             )
@@ -137,7 +143,7 @@ class SeqData:
             self._train_len, self.max_seq_length, stride, train_mode
         )  # [n_users]
         if int(self._samples.sum()) == 0:
-            raise ValueError(
+            raise DataError(
                 f"dataset {self.name!r}: no user has 2 training items, so there is nothing to train on"
             )
         # Train-phase evaluation: as many users as the valid set (or every eligible user),
@@ -369,13 +375,6 @@ class EvalLoader:
             yield d._to_torch(arrays)
 
 
-class _DictConfig(dict):
-    """A settings dict read like RecBole's ``Config``: unknown keys read as None."""
-
-    def __getitem__(self, key: str) -> Any:
-        return self.get(key)
-
-
 def _trim(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop the trailing columns that are padding in every row of a right-padded batch.
 
@@ -391,77 +390,27 @@ def _trim(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def _recbole_dataset_defaults() -> dict[str, Any]:
-    import recbole
-
-    props = Path(recbole.__file__).parent / "properties"
-    out: dict[str, Any] = {"encoding": "utf-8"}
-    for path in (props / "overall.yaml", props / "dataset" / "sample.yaml"):
-        out.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    return out
-
-
-def as_recbole_config(config: Any) -> Any:
-    """A RecBole ``Config`` is returned as is; a plain mapping of settings as a user writes
-    them becomes a Config-like dict layered over RecBole's dataset defaults and
-    ``properties/data.yaml``, with ``data_path`` resolved to ``data_path/dataset`` as
-    RecBole's ``Config`` does.
-
-    Raises:
-        ValueError: a mapping without ``dataset``.
-    """
-    from recbole.config import Config
-
-    if isinstance(config, Config):
-        return config
-    if not isinstance(config, Mapping):
-        raise TypeError(
-            f"config must be a recbole Config or a mapping, not {type(config).__name__}"
-        )
-    if not config.get("dataset"):
-        raise ValueError("config has no 'dataset': set it to the atomic files' folder name")
-    merged = {**_recbole_dataset_defaults(), **_data_defaults(), **dict(config)}
-    merged["data_path"] = str(Path(merged.get("data_path") or "dataset") / str(merged["dataset"]))
-    return _DictConfig(merged)
-
-
-def _setting(config: Any, key: str, defaults: dict[str, Any]) -> Any:
-    value = config[key]
-    return defaults.get(key) if value is None else value
-
-
-def build_seq_data(config: Any) -> SeqData:
+def build_seq_data(config: Any, settings: DataSettings | None = None) -> SeqData:
     """Load the atomic files named by ``config`` and prepare the split and loaders.
 
+    The RecBole edge of the data: RecBole's ``Config`` (``build_config``) tells
+    ``SeqDataset`` where and how to read the atomic files; everything after that reads only
+    the data slice.
+
     Args:
-        config: a RecBole ``Config`` (e.g. from ``recbole_fork.config.build_config``) or a
-            mapping with the same keys (``data_path``, ``dataset``, ``USER_ID_FIELD``,
-            ``ITEM_ID_FIELD``, ``TIME_FIELD``, ``load_col``, ``max_seq_length``,
-            ``train_mode``, ``train_window_stride``, ``seed``, ``pin_memory``,
-            ``trim_padding``, ``train_bucket_batches``, ``eval_by_length``). Keys that are
-            absent take the defaults of ``properties/data.yaml``.
+        config: the run's RecBole ``Config`` (``recbole_fork.config.build_config``).
+        settings: the data slice; None reads it from ``config``.
 
     Raises:
-        ValueError: missing ``.inter`` file, unknown ``train_mode``, bad
-            ``max_seq_length`` / ``train_window_stride``, or a dataset with no user to
-            evaluate or nothing to train on (the message names the dataset).
+        DataError: missing ``.inter`` file, or a dataset with no user to evaluate or
+            nothing to train on (the message names the dataset).
     """
-    cfg = as_recbole_config(config)
-    inter = Path(cfg["data_path"]) / f"{cfg['dataset']}.inter"
+    from recbole_fork.data.dataset import SeqDataset
+
+    settings = settings or DataSettings.from_mapping(config)
+    inter = Path(config["data_path"]) / f"{config['dataset']}.inter"
     if not inter.is_file():
-        raise ValueError(
-            f"dataset {cfg['dataset']!r}: {inter} not found (check data_path and dataset)"
+        raise DataError(
+            f"dataset {config['dataset']!r}: {inter} not found (check data_path and dataset)"
         )
-    defaults = _data_defaults()
-    dataset = SeqDataset(cfg)
-    return SeqData(
-        dataset,
-        max_seq_length=int(_setting(cfg, "max_seq_length", defaults)),
-        train_mode=str(_setting(cfg, "train_mode", defaults)),
-        train_window_stride=_setting(cfg, "train_window_stride", defaults),
-        seed=int(_setting(cfg, "seed", defaults) or 0),
-        pin_memory=bool(_setting(cfg, "pin_memory", defaults)),
-        trim_padding=bool(_setting(cfg, "trim_padding", defaults)),
-        bucket_batches=int(_setting(cfg, "train_bucket_batches", defaults) or 0),
-        eval_by_length=bool(_setting(cfg, "eval_by_length", defaults)),
-    )
+    return SeqData(SeqDataset(config), settings)

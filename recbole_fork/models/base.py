@@ -1,7 +1,7 @@
 """``ForkSeqModel``: item encoder + backbone + loss + negative sampler, as one RecBole model.
 
-A subclass only says which backbone it uses (``build_backbone(config)``); everything else is
-shared. The backbone contract is in DESIGN.md ("Backbones").
+A model file says which backbone it uses (``settings_class`` and ``backbone_class``);
+everything else is shared. The backbone contract is in DESIGN.md ("Backbones").
 
 Training is single pass (REFERENCE section 1): each sequence is encoded once, the negatives
 of a batch are sampled once, and every item the step needs (inputs, targets, negatives) is
@@ -19,7 +19,10 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from recbole_fork import compat
-from recbole_fork.encoders import TextItemEncoder, build_item_encoder
+from recbole_fork.encoders import Catalog, TextItemEncoder, build_item_encoder
+from recbole_fork.losses import build_loss
+from recbole_fork.sampling import build_sampler
+from recbole_fork.settings import ModelSpec, Settings
 
 compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
 
@@ -27,39 +30,54 @@ compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
 class ForkSeqModel(SequentialRecommender):
     """Base of the fork's sequential models.
 
+    A model file defines its backbone's settings slice and module and names them here:
+    ``settings_class`` (a ``Settings`` subclass with ``describe()``) and ``backbone_class``
+    (built as ``backbone_class(settings)``). Everything else is shared.
+
     Args:
-        config: the resolved run config (``recbole_fork.config.build_config``).
-        dataset: the RecBole dataset (item count, item text fields).
-        item_counts: training interactions per item id, float or int ``[n_items]``, for
-            popularity samplers and logQ correction; None counts every interaction of
-            ``dataset`` (includes valid and test targets: pass the training counts).
+        spec: the model's settings (``RunSettings.spec``): backbone, item encoder, loss,
+            sampler and RecBole's field names.
+        catalog: item count and item text (``recbole_fork.data.catalog_from_dataset``, or a
+            checkpoint's own tables when serving).
+        item_counts: training interactions per item id, int ``[n_items]``, for popularity
+            samplers and logQ correction (``SeqData.item_counts``); None counts each item
+            once (uniform), for models that never train (serving, tests of the forward pass).
 
     Raises:
-        ValueError: unknown item encoder, loss or sampler (valid ones listed), or more
-            negatives requested than the catalog holds.
+        ConfigError: more negatives requested than the catalog holds, or text fields the
+            catalog lacks.
     """
 
-    def __init__(self, config, dataset, item_counts: np.ndarray | None = None) -> None:
-        super().__init__(config, dataset)
-        from recbole_fork.losses import build_loss
-        from recbole_fork.sampling import build_sampler
+    settings_class: type[Settings]
+    backbone_class: type[nn.Module]
 
-        self.config_item_encoder = config["item_encoder"]
-        self.item_encoder = build_item_encoder(config, dataset)
-        self._init_item_encoder(float(config["initializer_range"] or 0.02))
-        self.backbone = self.build_backbone(config)
+    def __init__(
+        self, spec: ModelSpec, catalog: Catalog, item_counts: np.ndarray | None = None
+    ) -> None:
+        # RecBole's SequentialRecommender.__init__ reads its Config; the fork's models are
+        # built from their settings, so only what its methods use is set here.
+        super(SequentialRecommender, self).__init__()
+        self.spec = spec
+        self.fields = spec.fields
+        self.ITEM_ID = spec.fields.ITEM_ID_FIELD
+        self.USER_ID = spec.fields.USER_ID_FIELD
+        self.ITEM_SEQ = self.ITEM_ID + spec.fields.LIST_SUFFIX
+        self.ITEM_SEQ_LEN = spec.fields.ITEM_LIST_LENGTH_FIELD
+        self.POS_ITEM_ID = self.ITEM_ID
+        self.NEG_ITEM_ID = spec.fields.NEG_PREFIX + self.ITEM_ID
+        self.max_seq_length = spec.backbone.max_seq_length
+        self.n_items = catalog.n_items
+        self.item_encoder = build_item_encoder(spec.encoder, catalog)
+        self._init_item_encoder(spec.encoder.initializer_range)
+        self.backbone = self.backbone_class(spec.backbone)
         if item_counts is None:
-            # SeqDataset keeps interactions as flat histories; a stock Dataset as inter_feat.
-            ids = getattr(dataset, "hist_items", None)
-            if ids is None:
-                ids = dataset.inter_feat[dataset.iid_field].numpy()
-            item_counts = np.bincount(np.asarray(ids), minlength=self.n_items)
+            item_counts = np.ones(self.n_items, dtype=np.int64)
+            item_counts[0] = 0
         self.item_counts = np.asarray(item_counts)
-        self.loss_fn = build_loss(config)
+        self.loss_fn = build_loss(spec.loss)
         self.sampler = (
-            build_sampler(config, self.item_counts) if self.loss_fn.needs_negatives else None
+            build_sampler(spec.sampler, self.item_counts) if self.loss_fn.needs_negatives else None
         )
-        self.seq_len_for_flops = int(config["max_seq_length"] or self.max_seq_length)
         # Only for RecBole's calculate_loss path; the fork's trainer passes its own generator.
         self._recbole_generator: torch.Generator | None = None
 
@@ -77,12 +95,6 @@ class ForkSeqModel(SequentialRecommender):
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
-
-    # ----- what a subclass provides -------------------------------------------------------
-
-    def build_backbone(self, config) -> nn.Module:
-        """Return the backbone module (see DESIGN.md). Subclasses must implement it."""
-        raise NotImplementedError(f"{type(self).__name__} must implement build_backbone(config)")
 
     # ----- encoding -----------------------------------------------------------------------
 
@@ -244,7 +256,7 @@ class ForkSeqModel(SequentialRecommender):
 
     def describe(self) -> str:
         """Short name from the hyperparameters, e.g. ``sasrec-d64-l2-h2-text``."""
-        return f"{self.backbone.describe()}-{self.config_item_encoder}"
+        return self.spec.describe()
 
     def flops_per_token(self) -> int:
         """Forward FLOPs per input position at ``max_seq_length``: backbone plus item encoder.
@@ -253,7 +265,7 @@ class ForkSeqModel(SequentialRecommender):
         table lookups and sums are not counted). Scoring against targets and negatives depends
         on the loss and K and is not included.
         """
-        flops = int(self.backbone.flops_per_token(self.seq_len_for_flops))
+        flops = int(self.backbone.flops_per_token(self.max_seq_length))
         for module in self.item_encoder.modules():
             if isinstance(module, TextItemEncoder):
                 flops += 2 * module.adapter.in_features * module.adapter.out_features

@@ -16,7 +16,7 @@ The model class `HSTU` (item encoder + this backbone + loss) is at the end of th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_fork.models.base import ForkSeqModel
+from recbole_fork.settings import Settings, check_range
 
 # Time-gap buckets: floor(ln(gap) / 0.301), clamped to 0..128 (the paper's public code);
 # 0.301 ~ log10(2), so a bucket spans a factor of exp(0.301) ~ 1.35 in the gap.
@@ -47,22 +48,6 @@ def time_buckets(dt: torch.Tensor) -> torch.Tensor:
     gap = dt.abs().clamp(min=1).to(torch.float64)
     bucket = torch.floor(torch.log(gap) / TIME_BUCKET_DIVISOR).to(torch.int64)
     return bucket.clamp(0, NUM_TIME_BUCKETS - 1)
-
-
-def config_value(config: Any, key: str, model: str) -> Any:
-    """Read a required key from a RecBole `Config` or a plain mapping.
-
-    RecBole's `Config` answers None for keys it does not know, so None counts as missing.
-
-    Raises:
-        KeyError: the key is absent or None.
-    """
-    value = config.get(key) if isinstance(config, Mapping) else config[key]
-    if value is None:
-        raise KeyError(
-            f"{model}: config key '{key}' is missing; set it in {model}.yaml or overrides"
-        )
-    return value
 
 
 class RelativeAttentionBias(nn.Module):
@@ -182,6 +167,35 @@ class HSTULayer(nn.Module):
         return x + self.output(self.hidden_dropout(u * attended))  # [B, L, D]
 
 
+@dataclass(frozen=True)
+class HSTUSettings(Settings):
+    """HSTU's backbone slice: the keys of ``properties/model/HSTU.yaml``."""
+
+    hidden_size: int  # D
+    n_layers: int  # HSTU blocks
+    n_heads: int  # H
+    attention_dim: int  # d_qk per head
+    linear_dim: int  # d_v per head
+    hidden_dropout_prob: float
+    attn_dropout_prob: float
+    max_seq_length: int  # N: positions, relative offsets (2N-1) and the 1/N attention scale
+    use_time_bias: bool
+    use_position_bias: bool
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "n_layers", "n_heads", "attention_dim", "linear_dim"):
+            check_range(key, getattr(self, key), low=1)
+        check_range("max_seq_length", self.max_seq_length, low=1)
+        for key in ("hidden_dropout_prob", "attn_dropout_prob"):
+            check_range(key, getattr(self, key), low=0.0, high=1.0)
+
+    describe_keys = ("hidden_size", "n_layers", "n_heads")
+
+    def describe(self) -> str:
+        """Short name from the hyperparameters, e.g. ``hstu-d50-l2-h1``."""
+        return f"hstu-d{self.hidden_size}-l{self.n_layers}-h{self.n_heads}"
+
+
 class HSTUBackbone(nn.Module):
     """HSTU stack over item embeddings: scaling, positions, `n_layers` HSTU blocks.
 
@@ -192,77 +206,35 @@ class HSTUBackbone(nn.Module):
 
     normalize = True  # the model L2-normalises user states and item embeddings
 
-    def __init__(
-        self,
-        hidden_size: int = 50,
-        n_layers: int = 2,
-        n_heads: int = 1,
-        attention_dim: int = 50,
-        linear_dim: int = 50,
-        hidden_dropout_prob: float = 0.2,
-        attn_dropout_prob: float = 0.0,
-        max_seq_length: int = 200,
-        use_time_bias: bool = True,
-        use_position_bias: bool = True,
-    ) -> None:
+    def __init__(self, settings: HSTUSettings) -> None:
         super().__init__()
-        for name, value in (
-            ("hidden_size", hidden_size),
-            ("n_layers", n_layers),
-            ("n_heads", n_heads),
-            ("attention_dim", attention_dim),
-            ("linear_dim", linear_dim),
-            ("max_seq_length", max_seq_length),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"HSTU: {name} must be a positive integer, got {value!r}")
-        self.hidden_size = hidden_size
-        self.n_layers = n_layers
-        self.n_heads = n_heads
-        self.attention_dim = attention_dim
-        self.linear_dim = linear_dim
-        self.max_seq_length = max_seq_length
-        self.use_time_bias = use_time_bias
-        self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
-        self.input_dropout = nn.Dropout(hidden_dropout_prob)
+        self.settings = settings
+        self.hidden_size = settings.hidden_size
+        self.n_layers = settings.n_layers
+        self.n_heads = settings.n_heads
+        self.attention_dim = settings.attention_dim
+        self.linear_dim = settings.linear_dim
+        self.max_seq_length = settings.max_seq_length
+        self.use_time_bias = settings.use_time_bias
+        self.position_embedding = nn.Embedding(settings.max_seq_length, settings.hidden_size)
+        self.input_dropout = nn.Dropout(settings.hidden_dropout_prob)
         self.layers = nn.ModuleList(
             HSTULayer(
-                hidden_size,
-                n_heads,
-                attention_dim,
-                linear_dim,
-                max_seq_length,
-                hidden_dropout_prob,
-                attn_dropout_prob,
-                use_position_bias,
-                use_time_bias,
+                settings.hidden_size,
+                settings.n_heads,
+                settings.attention_dim,
+                settings.linear_dim,
+                settings.max_seq_length,
+                settings.hidden_dropout_prob,
+                settings.attn_dropout_prob,
+                settings.use_position_bias,
+                settings.use_time_bias,
             )
-            for _ in range(n_layers)
+            for _ in range(settings.n_layers)
         )
         # Truncated normal with std sqrt(1/D) for positions (the paper's public code).
-        std = math.sqrt(1.0 / hidden_size)
+        std = math.sqrt(1.0 / settings.hidden_size)
         nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
-
-    @classmethod
-    def from_config(cls, config: Any) -> HSTUBackbone:
-        """Build from a RecBole `Config` or a mapping holding the HSTU.yaml keys.
-
-        Raises:
-            KeyError: a required key is missing.
-        """
-        keys = (
-            "hidden_size",
-            "n_layers",
-            "n_heads",
-            "attention_dim",
-            "linear_dim",
-            "hidden_dropout_prob",
-            "attn_dropout_prob",
-            "max_seq_length",
-            "use_time_bias",
-            "use_position_bias",
-        )
-        return cls(**{key: config_value(config, key, "HSTU") for key in keys})
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, time_seq: torch.Tensor | None = None
@@ -306,8 +278,8 @@ class HSTUBackbone(nn.Module):
         return h
 
     def describe(self) -> str:
-        """Short name from the hyperparameters, e.g. 'hstu-d50-b2-h1'."""
-        return f"hstu-d{self.hidden_size}-b{self.n_layers}-h{self.n_heads}"
+        """Short name from the hyperparameters (``HSTUSettings.describe``)."""
+        return self.settings.describe()
 
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per position for a padded length `seq_len` (a matmul is 2*m*n*k).
@@ -336,21 +308,17 @@ class HSTU(ForkSeqModel):
     L2-normalised and scores are cosines; pair it with a low `temperature` (the paper: 0.05).
     """
 
-    def __init__(self, config: Any, dataset: Any, item_counts: Any = None) -> None:
-        super().__init__(config, dataset, item_counts)
-        # RecBole's interactions carry the timestamps of a sequence as 'timestamp_list'.
-        self.time_seq_field = f"{config['TIME_FIELD']}{config['LIST_SUFFIX']}"
-
-    def build_backbone(self, config: Any) -> nn.Module:
-        """An `HSTUBackbone` from the HSTU.yaml keys of `config`."""
-        return HSTUBackbone.from_config(config)
+    settings_class = HSTUSettings
+    backbone_class = HSTUBackbone
 
     def _recbole_batch(self, interaction: Any) -> dict[str, torch.Tensor]:
         """RecBole's rows plus their timestamps, which the time bias needs."""
         batch = super()._recbole_batch(interaction)
-        if self.time_seq_field in interaction:
-            batch["time_seq"] = interaction[self.time_seq_field].long()
+        # RecBole's interactions carry the timestamps of a sequence as 'timestamp_list'.
+        time_seq_field = f"{self.fields.TIME_FIELD}{self.fields.LIST_SUFFIX}"
+        if time_seq_field in interaction:
+            batch["time_seq"] = interaction[time_seq_field].long()
         return batch
 
 
-__all__ = ["HSTU", "HSTUBackbone", "time_buckets"]
+__all__ = ["HSTU", "HSTUBackbone", "HSTUSettings", "time_buckets"]

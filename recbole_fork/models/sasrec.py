@@ -22,11 +22,14 @@ Like RecBole (and unlike the original TensorFlow SASRec) inputs are not scaled b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from recbole_fork.models.base import ForkSeqModel
+from recbole_fork.settings import ConfigError, Settings, check_choice, check_range
 
 ACTIVATIONS = {
     "gelu": nn.GELU,
@@ -100,89 +103,83 @@ class _Block(nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
+@dataclass(frozen=True)
+class SASRecSettings(Settings):
+    """SASRecX's backbone slice: the keys of ``properties/model/SASRecX.yaml`` plus
+    ``max_seq_length`` and ``initializer_range`` (``data.yaml``, ``training.yaml``)."""
+
+    hidden_size: int  # D, the width of item embeddings and hidden states
+    n_layers: int  # transformer blocks
+    n_heads: int  # attention heads per block; must divide hidden_size
+    inner_size: int  # feed-forward width
+    hidden_dropout_prob: float
+    attn_dropout_prob: float
+    hidden_act: str  # a name of ACTIVATIONS
+    layer_norm_eps: float
+    initializer_range: float  # std of the N(0, std) init of linear and embedding weights
+    layer_norm_position: str  # post (RecBole's) | pre
+    position_order: str  # forward (RecBole's) | reverse (the last item gets position 0)
+    max_seq_length: int  # L, the position table's size
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "n_layers", "n_heads", "inner_size", "max_seq_length"):
+            check_range(key, getattr(self, key), low=1)
+        if self.hidden_size % self.n_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} must be divisible by n_heads {self.n_heads}"
+            )
+        check_choice("hidden_act", self.hidden_act, ACTIVATIONS)
+        check_choice("layer_norm_position", self.layer_norm_position, LAYER_NORM_POSITIONS)
+        check_choice("position_order", self.position_order, POSITION_ORDERS)
+        for key in ("hidden_dropout_prob", "attn_dropout_prob"):
+            check_range(key, getattr(self, key), low=0.0, high=1.0)
+
+    # Keys that describe() shows; a run name adds the other varied keys itself.
+    describe_keys = ("hidden_size", "n_layers", "n_heads", "layer_norm_position", "position_order")
+
+    def describe(self) -> str:
+        """Short name, e.g. ``sasrec-d64-l2-h2``; ``-pre`` / ``-rev`` mark pre-norm and
+        reverse positions, so run names and checkpoint folders of the variants differ."""
+        name = f"sasrec-d{self.hidden_size}-l{self.n_layers}-h{self.n_heads}"
+        pre = "-pre" if self.layer_norm_position == "pre" else ""
+        return name + pre + ("-rev" if self.position_order == "reverse" else "")
+
+
 class SASRecBackbone(nn.Module):
     """Causal transformer over item embeddings with learned position embeddings.
 
     Follows the backbone contract of DESIGN.md: ``forward(x [B, L, D], mask [B, L],
     time_seq=None) -> [B, L, D]``, output at t depending only on inputs at positions <= t.
-
-    Raises:
-        ValueError: ``hidden_size`` not divisible by ``n_heads``, unknown ``hidden_act``,
-            ``layer_norm_position`` or ``position_order``.
     """
 
     normalize = False
 
-    def __init__(
-        self,
-        hidden_size: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 2,
-        inner_size: int = 256,
-        hidden_dropout_prob: float = 0.5,
-        attn_dropout_prob: float = 0.5,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-12,
-        max_seq_length: int = 50,
-        layer_norm_position: str = "post",
-        initializer_range: float = 0.02,
-        position_order: str = "forward",
-    ) -> None:
+    def __init__(self, settings: SASRecSettings) -> None:
         super().__init__()
-        if hidden_size % n_heads:
-            raise ValueError(f"hidden_size {hidden_size} must be divisible by n_heads {n_heads}")
-        if hidden_act not in ACTIVATIONS:
-            raise ValueError(f"unknown hidden_act {hidden_act!r}; valid: {sorted(ACTIVATIONS)}")
-        if layer_norm_position not in LAYER_NORM_POSITIONS:
-            raise ValueError(
-                f"unknown layer_norm_position {layer_norm_position!r}; "
-                f"valid: {list(LAYER_NORM_POSITIONS)}"
-            )
-        if position_order not in POSITION_ORDERS:
-            raise ValueError(
-                f"unknown position_order {position_order!r}; valid: {list(POSITION_ORDERS)}"
-            )
-        self.reverse_positions = position_order == "reverse"
-        self.hidden_size, self.n_layers, self.n_heads = hidden_size, n_layers, n_heads
-        self.inner_size, self.max_seq_length = inner_size, max_seq_length
-        self.pre_norm = layer_norm_position == "pre"
-        self.position_embedding = nn.Embedding(max_seq_length, hidden_size)
+        self.settings = settings
+        d = settings.hidden_size
+        self.reverse_positions = settings.position_order == "reverse"
+        self.hidden_size, self.n_layers, self.n_heads = d, settings.n_layers, settings.n_heads
+        self.inner_size, self.max_seq_length = settings.inner_size, settings.max_seq_length
+        self.pre_norm = settings.layer_norm_position == "pre"
+        self.position_embedding = nn.Embedding(settings.max_seq_length, d)
         # post: LN on the input (RecBole); pre: LN on the output of the last block.
-        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout_prob)
+        self.norm = nn.LayerNorm(d, eps=settings.layer_norm_eps)
+        self.dropout = nn.Dropout(settings.hidden_dropout_prob)
         self.blocks = nn.ModuleList(
             _Block(
-                hidden_size,
-                n_heads,
-                inner_size,
-                hidden_dropout_prob,
-                attn_dropout_prob,
-                hidden_act,
-                layer_norm_eps,
+                d,
+                settings.n_heads,
+                settings.inner_size,
+                settings.hidden_dropout_prob,
+                settings.attn_dropout_prob,
+                settings.hidden_act,
+                settings.layer_norm_eps,
                 self.pre_norm,
             )
-            for _ in range(n_layers)
+            for _ in range(settings.n_layers)
         )
-        self.apply(lambda m: _init_weights(m, initializer_range))
-
-    @classmethod
-    def from_config(cls, config) -> SASRecBackbone:
-        """Build from a config holding RecBole's SASRec keys plus ``layer_norm_position``."""
-        return cls(
-            hidden_size=config["hidden_size"],
-            n_layers=config["n_layers"],
-            n_heads=config["n_heads"],
-            inner_size=config["inner_size"],
-            hidden_dropout_prob=config["hidden_dropout_prob"],
-            attn_dropout_prob=config["attn_dropout_prob"],
-            hidden_act=config["hidden_act"],
-            layer_norm_eps=float(config["layer_norm_eps"]),
-            max_seq_length=config["MAX_ITEM_LIST_LENGTH"],
-            layer_norm_position=config["layer_norm_position"],
-            initializer_range=config["initializer_range"],
-            # A config without the key (one saved before it existed) reads it as None.
-            position_order=config["position_order"] or "forward",
-        )
+        self.apply(lambda m: _init_weights(m, settings.initializer_range))
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor, time_seq: torch.Tensor | None = None
@@ -216,10 +213,8 @@ class SASRecBackbone(nn.Module):
         return self.norm(h) if self.pre_norm else h
 
     def describe(self) -> str:
-        """Short name, e.g. ``sasrec-d64-l2-h2``; ``-pre`` / ``-rev`` mark pre-norm and
-        reverse positions, so run names and checkpoint folders of the variants differ."""
-        name = f"sasrec-d{self.hidden_size}-l{self.n_layers}-h{self.n_heads}"
-        return name + ("-pre" if self.pre_norm else "") + ("-rev" if self.reverse_positions else "")
+        """Short name from the hyperparameters (``SASRecSettings.describe``)."""
+        return self.settings.describe()
 
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per position (2 per multiply-add), matmuls only.
@@ -247,9 +242,8 @@ def _init_weights(module: nn.Module, std: float) -> None:
 class SASRecX(ForkSeqModel):
     """SASRec backbone + the fork's item encoders, single-pass sampled losses and evaluation."""
 
-    def build_backbone(self, config) -> nn.Module:
-        """A :class:`SASRecBackbone` from ``config``."""
-        return SASRecBackbone.from_config(config)
+    settings_class = SASRecSettings
+    backbone_class = SASRecBackbone
 
 
-__all__ = ["SASRecBackbone", "SASRecX"]
+__all__ = ["SASRecBackbone", "SASRecSettings", "SASRecX"]

@@ -23,14 +23,14 @@ The model class `WukongSeq` (item encoder + this backbone + loss) is at the end 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from recbole_fork.models.base import ForkSeqModel
-from recbole_fork.models.hstu import config_value
+from recbole_fork.settings import ConfigError, Settings, check_range
 
 
 def fm_optimized(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -112,88 +112,95 @@ class WukongLayer(nn.Module):
         return self.norm(torch.cat([fmb, lcb], dim=1) + residual)  # [R, n_F + n_L, d]
 
 
-class WukongBackbone(nn.Module):
-    """Wukong stack over a sliding window of the last `n_features` item embeddings."""
+@dataclass(frozen=True)
+class WukongSettings(Settings):
+    """WukongSeq's backbone slice: the keys of ``properties/model/WukongSeq.yaml`` plus
+    ``max_seq_length`` (``data.yaml``)."""
 
-    normalize = False  # scores are raw dot products
+    hidden_size: int  # d, the width of item embeddings, features and the user vector
+    n_layers: int  # Wukong layers (FMB + LCB each)
+    n_features: int  # the window: the last n_features items up to and including t
+    num_emb_fmb: int  # n_F, features from each Factorization Machine Block
+    num_emb_lcb: int  # n_L, features from each Linear Compress Block
+    fmb_rank: int  # k, the rank of the FM projection
+    fmb_mlp_sizes: tuple[int, ...]  # hidden widths of each FMB's MLP
+    head_mlp_sizes: tuple[int, ...]  # hidden widths of the head MLP
+    hidden_dropout_prob: float
+    max_seq_length: int
 
-    def __init__(
-        self,
-        hidden_size: int = 64,
-        n_layers: int = 3,
-        n_features: int = 16,
-        num_emb_fmb: int = 16,
-        num_emb_lcb: int = 16,
-        fmb_rank: int = 24,
-        fmb_mlp_sizes: Sequence[int] = (512, 512),
-        head_mlp_sizes: Sequence[int] = (512, 512),
-        hidden_dropout_prob: float = 0.2,
-        max_seq_length: int = 50,
-    ) -> None:
-        super().__init__()
-        for name, value in (
-            ("hidden_size", hidden_size),
-            ("n_layers", n_layers),
-            ("n_features", n_features),
-            ("num_emb_fmb", num_emb_fmb),
-            ("num_emb_lcb", num_emb_lcb),
-            ("fmb_rank", fmb_rank),
-            ("max_seq_length", max_seq_length),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"WukongSeq: {name} must be a positive integer, got {value!r}")
-        for name, sizes in (("fmb_mlp_sizes", fmb_mlp_sizes), ("head_mlp_sizes", head_mlp_sizes)):
-            if any(int(size) < 1 for size in sizes):
-                raise ValueError(f"WukongSeq: {name} must list positive integers, got {sizes!r}")
-        self.hidden_size = hidden_size
-        self.n_layers = n_layers
-        self.n_features = n_features
-        self.num_emb_fmb = num_emb_fmb
-        self.num_emb_lcb = num_emb_lcb
-        self.fmb_rank = fmb_rank
-        self.fmb_mlp_sizes = [int(size) for size in fmb_mlp_sizes]
-        self.head_mlp_sizes = [int(size) for size in head_mlp_sizes]
-        self.max_seq_length = max_seq_length
-        self.position_embedding = nn.Embedding(n_features, hidden_size)  # position in the window
-        nn.init.normal_(self.position_embedding.weight, std=0.02)
-        self.input_dropout = nn.Dropout(hidden_dropout_prob)
-        widths = [n_features] + [num_emb_fmb + num_emb_lcb] * n_layers  # n_0 .. n_layers
-        self.layers = nn.ModuleList(
-            WukongLayer(
-                widths[i],
-                hidden_size,
-                num_emb_fmb,
-                num_emb_lcb,
-                fmb_rank,
-                self.fmb_mlp_sizes,
-                hidden_dropout_prob,
-            )
-            for i in range(n_layers)
-        )
-        self.head = build_mlp(
-            [widths[-1] * hidden_size, *self.head_mlp_sizes, hidden_size], hidden_dropout_prob
-        )
-
-    @classmethod
-    def from_config(cls, config: Any) -> WukongBackbone:
-        """Build from a RecBole `Config` or a mapping holding the WukongSeq.yaml keys.
-
-        Raises:
-            KeyError: a required key is missing.
-        """
-        keys = (
+    def __post_init__(self) -> None:
+        for key in (
             "hidden_size",
             "n_layers",
             "n_features",
             "num_emb_fmb",
             "num_emb_lcb",
             "fmb_rank",
-            "fmb_mlp_sizes",
-            "head_mlp_sizes",
-            "hidden_dropout_prob",
             "max_seq_length",
+        ):
+            check_range(key, getattr(self, key), low=1)
+        for key in ("fmb_mlp_sizes", "head_mlp_sizes"):
+            if any(size < 1 for size in getattr(self, key)):
+                raise ConfigError(f"{key}={list(getattr(self, key))}: must list positive integers")
+        check_range("hidden_dropout_prob", self.hidden_dropout_prob, low=0.0, high=1.0)
+
+    describe_keys = (
+        "hidden_size",
+        "n_layers",
+        "n_features",
+        "num_emb_fmb",
+        "num_emb_lcb",
+        "fmb_rank",
+    )
+
+    def describe(self) -> str:
+        """Short name, e.g. ``wukong-d64-l3-w16-f16-c16-k24``: width, layers, window,
+        FMB features, LCB (compress) features, FM rank."""
+        return (
+            f"wukong-d{self.hidden_size}-l{self.n_layers}-w{self.n_features}"
+            f"-f{self.num_emb_fmb}-c{self.num_emb_lcb}-k{self.fmb_rank}"
         )
-        return cls(**{key: config_value(config, key, "WukongSeq") for key in keys})
+
+
+class WukongBackbone(nn.Module):
+    """Wukong stack over a sliding window of the last `n_features` item embeddings."""
+
+    normalize = False  # scores are raw dot products
+
+    def __init__(self, settings: WukongSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        hidden_size, n_features = settings.hidden_size, settings.n_features
+        self.hidden_size = hidden_size
+        self.n_layers = settings.n_layers
+        self.n_features = n_features
+        self.num_emb_fmb = settings.num_emb_fmb
+        self.num_emb_lcb = settings.num_emb_lcb
+        self.fmb_rank = settings.fmb_rank
+        self.fmb_mlp_sizes = list(settings.fmb_mlp_sizes)
+        self.head_mlp_sizes = list(settings.head_mlp_sizes)
+        self.max_seq_length = settings.max_seq_length
+        self.position_embedding = nn.Embedding(n_features, hidden_size)  # position in the window
+        nn.init.normal_(self.position_embedding.weight, std=0.02)
+        self.input_dropout = nn.Dropout(settings.hidden_dropout_prob)
+        n_out = settings.num_emb_fmb + settings.num_emb_lcb
+        widths = [n_features] + [n_out] * settings.n_layers  # n_0 .. n_layers
+        self.layers = nn.ModuleList(
+            WukongLayer(
+                widths[i],
+                hidden_size,
+                settings.num_emb_fmb,
+                settings.num_emb_lcb,
+                settings.fmb_rank,
+                self.fmb_mlp_sizes,
+                settings.hidden_dropout_prob,
+            )
+            for i in range(settings.n_layers)
+        )
+        self.head = build_mlp(
+            [widths[-1] * hidden_size, *self.head_mlp_sizes, hidden_size],
+            settings.hidden_dropout_prob,
+        )
 
     def windows(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The features of every position: float [B, L, n_features, D].
@@ -237,11 +244,8 @@ class WukongBackbone(nn.Module):
         return out
 
     def describe(self) -> str:
-        """Short name from the hyperparameters, e.g. 'wukong-d64-l3-f16-l16-k24'."""
-        return (
-            f"wukong-d{self.hidden_size}-l{self.n_layers}-f{self.num_emb_fmb}"
-            f"-l{self.num_emb_lcb}-k{self.fmb_rank}"
-        )
+        """Short name from the hyperparameters (``WukongSettings.describe``)."""
+        return self.settings.describe()
 
     def flops_per_token(self, seq_len: int) -> int:
         """Forward FLOPs per position (a matmul is 2*m*n*k); independent of `seq_len`.
@@ -276,9 +280,8 @@ class WukongSeq(ForkSeqModel):
     """Wukong-style backbone + the fork's item encoders, single-pass sampled losses and
     evaluation; scores are raw dot products (`normalize = False`)."""
 
-    def build_backbone(self, config: Any) -> nn.Module:
-        """A `WukongBackbone` from the WukongSeq.yaml keys of `config`."""
-        return WukongBackbone.from_config(config)
+    settings_class = WukongSettings
+    backbone_class = WukongBackbone
 
 
-__all__ = ["WukongBackbone", "WukongSeq", "fm_naive", "fm_optimized"]
+__all__ = ["WukongBackbone", "WukongSeq", "WukongSettings", "fm_naive", "fm_optimized"]

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import recbole_fork  # noqa: F401  (applies the RecBole compatibility fixes)
-from recbole_fork.data import build_seq_data
+from recbole_fork.data import DataError, build_seq_data
 from recbole_fork.data.windows import gather_windows, sample_slices, samples_per_user
+from recbole_fork.settings import ConfigError
+from tests.conftest import run_config
 
 # Five users; internal ids follow first appearance: users u1..u5 -> 1..5, items a..g -> 1..7,
 # and z (only in the .item file) -> 8.
@@ -62,7 +64,7 @@ def write_dataset(root, name="tiny", inter=INTER, item=ITEM):
 
 def make(tmp_path, **over):
     cfg = {
-        "data_path": str(write_dataset(tmp_path)),
+        "model": "SASRecX",
         "dataset": "tiny",
         "load_col": {"inter": ["user_id", "item_id"], "item": ["item_id", "brand", "title"]},
         "max_seq_length": 3,
@@ -75,7 +77,7 @@ def make(tmp_path, **over):
         "eval_by_length": False,
     }
     cfg.update(over)
-    return build_seq_data(cfg)
+    return build_seq_data(run_config(write_dataset(tmp_path), **cfg))
 
 
 def all_batches(loader):
@@ -276,16 +278,16 @@ def test_shards_split_users_and_run_equal_steps(tmp_path):
 
 
 def test_bad_settings_and_empty_dataset(tmp_path):
-    with pytest.raises(ValueError, match="train_mode='every' is not one of"):
+    with pytest.raises(ConfigError, match="unknown train_mode 'every'"):
         make(tmp_path / "a", train_mode="every")
-    with pytest.raises(ValueError, match="train_window_stride=4"):
+    with pytest.raises(ConfigError, match="train_window_stride=4"):
         make(tmp_path / "b", train_window_stride=4)
     short = "user_id:token\titem_id:token\ttimestamp:float\nu1\ta\t1\nu1\tb\t2\nu2\ta\t1\n"
     root = write_dataset(tmp_path / "c", name="short", inter=short, item=None)
-    with pytest.raises(ValueError, match="dataset 'short': no user has the 3 interactions"):
-        build_seq_data({"data_path": str(root), "dataset": "short", "max_seq_length": 3})
-    with pytest.raises(ValueError, match="dataset 'nope'.*not found"):
-        build_seq_data({"data_path": str(tmp_path), "dataset": "nope"})
+    with pytest.raises(DataError, match="dataset 'short': no user has the 3 interactions"):
+        build_seq_data(run_config(root, model="SASRecX", dataset="short", max_seq_length=3))
+    with pytest.raises(DataError, match="dataset 'nope'.*not found"):
+        build_seq_data(run_config(tmp_path, model="SASRecX", dataset="nope"))
 
 
 def test_real_beauty_5core(shared_data, tmp_path):
@@ -303,7 +305,7 @@ def test_real_beauty_5core(shared_data, tmp_path):
     folder = tmp_path / "beauty"
     folder.mkdir()
     (folder / "beauty.inter").write_text("\n".join(lines) + "\n")
-    d = build_seq_data({"data_path": str(tmp_path), "dataset": "beauty", "max_seq_length": 50})
+    d = build_seq_data(run_config(tmp_path, model="SASRecX", dataset="beauty", max_seq_length=50))
     assert (d.n_users, d.n_items, d.dataset.inter_num) == (22364, 12102, 198502)
     assert d.n_short_users == 0 and len(d.eval_users("valid")) == 22363
     assert d.num_train_interactions() == 198502 - 2 * 22363
@@ -361,7 +363,7 @@ def test_bucketed_batches_keep_every_sample_once_and_weight_positions(tmp_path):
     # Sorted by length inside the bucket of 4 batches (5 samples: one bucket here).
     lengths = [int((b["item_seq"] > 0).sum(1).max()) for b in batches]
     assert sorted(lengths) == [1, 3, 3]
-    with pytest.raises(ValueError, match="train_bucket_batches=-1"):
+    with pytest.raises(ConfigError, match="train_bucket_batches=-1"):
         make(tmp_path / "bad", train_bucket_batches=-1)
 
 

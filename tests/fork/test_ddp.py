@@ -22,13 +22,12 @@ import yaml
 from recbole_fork.checkpoint import load_checkpoint
 from recbole_fork.cli import _torchrun_overrides, fine_tune_main, pre_train_main
 from recbole_fork.config import build_config
-from recbole_fork.data import build_seq_data
 from recbole_fork.distributed import SINGLE, DistEnv, DistributedError, rank_gpu_id
 from recbole_fork.hardware import resolve_peak_flops, table_peak_flops
-from recbole_fork.models.sasrec import SASRecX
 from recbole_fork.run import pre_train
-from recbole_fork.trainer import SeqTrainer, fit
-from tests.conftest import REPO, RecordingTracker, write_atomic_dataset
+from recbole_fork.session import train
+from recbole_fork.settings import ConfigError
+from tests.conftest import REPO, RecordingTracker, run_config, trainer_for, write_atomic_dataset
 from tests.netns_util import private_network
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,9 +46,7 @@ SETTINGS = {
     "num_negatives": 5,
     "learning_rate": 0.01,
     "valid_metric": "NDCG@10",
-    "use_gpu": False,
     "gpu_id": "",  # CPU even where a GPU is visible: the comparisons are of CPU runs
-    "show_progress": False,
 }
 
 
@@ -59,7 +56,7 @@ def _data(root: Path) -> Path:
 
 
 def _config(data_path: Path, **overrides):
-    return build_config({**SETTINGS, "data_path": str(data_path), **overrides})
+    return run_config(data_path, **{**SETTINGS, **overrides})
 
 
 # ----- torchrun's variables, the global batch, each rank's GPU ------------------------------
@@ -136,7 +133,7 @@ def test_each_rank_gets_its_own_gpu(monkeypatch):
 
 
 def test_what_torchrun_does_not_cover(tmp_path, monkeypatch, capsys):
-    stock = build_config({**SETTINGS, "model": "SASRec", "data_path": str(_data(tmp_path))})
+    stock = run_config(_data(tmp_path), **{**SETTINGS, "model": "SASRec"})
     with pytest.raises(DistributedError, match="SASRec is a stock RecBole model; torchrun"):
         pre_train(stock, tmp_path / "x.pth", dist=DistEnv(rank=0, world_size=2))
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
@@ -162,13 +159,13 @@ def test_peak_flops_table():
     cpu = torch.device("cpu")
     assert resolve_peak_flops(None, cpu, bf16=False) is None  # CPU: no mfu unless set
     assert resolve_peak_flops(2.5e11, cpu, bf16=False) == 2.5e11
-    with pytest.raises(ValueError, match="peak_flops=-1: must be a positive FLOP/s figure"):
-        resolve_peak_flops(-1, cpu, bf16=False)
 
 
 def test_bad_peak_flops_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match="peak_flops='fast': must be a positive FLOP/s figure"):
-        fit(_config(_data(tmp_path), peak_flops="fast"), tmp_path / "x.pth", None)
+    with pytest.raises(ConfigError, match="config key 'peak_flops' must be a number or null"):
+        train(_config(_data(tmp_path), peak_flops="fast"), tmp_path / "x.pth")
+    with pytest.raises(ConfigError, match="peak_flops=-1.0: must be a positive FLOP/s figure"):
+        train(_config(_data(tmp_path), peak_flops=-1), tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
 
 
@@ -176,17 +173,15 @@ def test_flop_figures_logged_and_compile_skipped_on_cpu(tmp_path, caplog):
     root = _data(tmp_path)
     caplog.set_level(logging.INFO, logger="recbole_fork")
     tracker = RecordingTracker()
-    fit(_config(root, peak_flops=1e9, torch_compile=True), tmp_path / "a.pth", tracker)
+    train(_config(root, peak_flops=1e9, torch_compile=True), tmp_path / "a.pth", tracker=tracker)
     assert "torch_compile skipped: the model runs on cpu, compiling is for CUDA" in caplog.text
     epoch0 = tracker.at(0)
     flops = 3 * tracker.params["flops_per_token"]
     assert epoch0["achieved_flops_per_s"] == pytest.approx(flops * epoch0["tokens_per_s"])
     assert epoch0["mfu"] == pytest.approx(epoch0["achieved_flops_per_s"] / 1e9)
 
-    config = _config(root)  # peak_flops null on CPU: achieved FLOP/s only
-    data = build_seq_data(config)
-    model = SASRecX(config, data.dataset, item_counts=data.item_counts)
-    metrics = SeqTrainer(config, model, data, tmp_path / "b.pth")._train_epoch(0)
+    # peak_flops null on CPU: achieved FLOP/s only
+    metrics = trainer_for(_config(root), tmp_path / "b.pth")._train_epoch(0)
     assert metrics["achieved_flops_per_s"] > 0 and "mfu" not in metrics
 
 
@@ -203,11 +198,7 @@ def test_shard_sums_add_up_to_one_process_evaluation(tmp_path, loss_type):
     rel 7e-8, bound 1e-6); with sampled_softmax each rank draws its own negatives
     (measured about 1%, bound 5%).
     """
-    config = _config(_data(tmp_path), loss_type=loss_type)
-    data = build_seq_data(config)
-    torch.manual_seed(0)
-    model = SASRecX(config, data.dataset, item_counts=data.item_counts)
-    trainer = SeqTrainer(config, model, data, tmp_path / "c.pth", show_progress=False)
+    trainer = trainer_for(_config(_data(tmp_path), loss_type=loss_type), tmp_path / "c.pth", seed=0)
     for phase in ("train", "valid", "test"):
         whole = trainer.evaluate(phase)
         shards = [trainer.evaluation_sums(phase, rank=r, world_size=2) for r in (0, 1)]
@@ -236,20 +227,27 @@ def test_resume_finished_run_with_more_epochs(tmp_path, scheduler):
     root = _data(tmp_path)
     spec = {"type": scheduler}
     whole_tracker = RecordingTracker()
-    whole = fit(_config(root, epochs=2, scheduler=spec), tmp_path / "whole.pth", whole_tracker)
+    whole = train(
+        _config(root, epochs=2, scheduler=spec), tmp_path / "whole.pth", tracker=whole_tracker
+    )
     ckpt = tmp_path / "short.pth"
-    fit(_config(root, epochs=1, scheduler=spec), ckpt, RecordingTracker())
+    train(_config(root, epochs=1, scheduler=spec), ckpt, tracker=RecordingTracker())
     resumed_tracker = RecordingTracker()
-    resumed = fit(_config(root, epochs=2, scheduler=spec), ckpt, resumed_tracker, resume=True)
-    state = load_checkpoint(ckpt)
-    assert state["epoch"] == 1 and state["planned_epochs"] == 2
-    assert state["global_step"] == load_checkpoint(tmp_path / "whole.pth")["global_step"]
+    resumed = train(
+        _config(root, epochs=2, scheduler=spec), ckpt, tracker=resumed_tracker, resume=True
+    )
+    state = load_checkpoint(ckpt)["state"]
+    assert state["epoch_done"] == 1 and state["planned_epochs"] == 2
+    whole_state = load_checkpoint(tmp_path / "whole.pth")["state"]
+    assert state["global_step"] == whole_state["global_step"]
     assert resumed_tracker.at(1)["lr"] == pytest.approx(whole_tracker.at(1)["lr"], rel=1e-12)
     if scheduler == "constant":
         assert resumed == whole
     # Resumed again with the same epochs: the stored result, no training.
     assert (
-        fit(_config(root, epochs=2, scheduler=spec), ckpt, RecordingTracker(), resume=True)
+        train(
+            _config(root, epochs=2, scheduler=spec), ckpt, tracker=RecordingTracker(), resume=True
+        )
         == resumed
     )
 
@@ -309,30 +307,28 @@ def test_torchrun_two_processes_match_one_and_resume_in_one(tmp_path):
     ddp_loss = dict(metric_history(runs[0]["run_id"], "train_loss", tracking_uri=uri))[0]
 
     state = load_checkpoint(ckpt)
-    assert state["world_size"] == 2 and len(state["rank_rng"]) == 2
+    assert state["state"]["world_size"] == 2 and len(state["rank_rng"]) == 2
     g0, g1 = (r["sample_generator"] for r in state["rank_rng"])
     assert not torch.equal(g0, g1)  # each rank its own negatives
     assert not any(k.startswith("module.") for k in state["model_state"])  # the bare model
 
     # The same config and global batch in one process.
     single = RecordingTracker()
-    fit(build_config(config_file), tmp_path / "single.pth", single)
+    train(build_config(config_file), tmp_path / "single.pth", tracker=single)
     single_loss = single.at(0)["train_loss"]
     assert ddp_loss == pytest.approx(single_loss, rel=0.10)
 
     # The all-reduced evaluation = the one-process evaluation of the same weights.
-    config = build_config(config_file)
-    data = build_seq_data(config)
-    model = SASRecX(config, data.dataset, item_counts=data.item_counts)
+    trainer = trainer_for(build_config(config_file), tmp_path / "unused.pth")
+    model = trainer.model
     model.load_state_dict(load_checkpoint(tmp_path / "single.pth")["model_state"])
-    trainer = SeqTrainer(config, model, data, tmp_path / "unused.pth", show_progress=False)
     single_after = trainer.evaluate("train")["loss"]
     model.load_state_dict(state["model_state"])
     ddp_after = trainer.evaluate("train")["loss"]
     assert ddp_after == pytest.approx(single_after, rel=0.03)
     for phase, logged, key in (
-        ("valid", state["best_metrics"], "valid_{}_at_10"),
-        ("test", state["final_metrics"], "best_test_{}_at_10"),
+        ("valid", state["state"]["best_metrics"], "valid_{}_at_10"),
+        ("test", state["state"]["final_metrics"], "best_test_{}_at_10"),
     ):
         one = trainer.evaluate(phase)
         for name in ("hr", "ndcg", "mrr"):
@@ -342,10 +338,10 @@ def test_torchrun_two_processes_match_one_and_resume_in_one(tmp_path):
     code = pre_train_main(["-c", str(config_file), "-o", str(ckpt), "--resume",
                            "--set", "epochs=2", "--tracking-uri", uri])  # fmt: skip
     assert code == 0
-    resumed = load_checkpoint(ckpt)
-    assert resumed["epoch"] == 1 and resumed["world_size"] == 1
-    one_epoch = load_checkpoint(tmp_path / "single.pth")["global_step"]
-    assert resumed["global_step"] == state["global_step"] + one_epoch
+    resumed = load_checkpoint(ckpt)["state"]
+    assert resumed["epoch_done"] == 1 and resumed["world_size"] == 1
+    one_epoch = load_checkpoint(tmp_path / "single.pth")["state"]["global_step"]
+    assert resumed["global_step"] == state["state"]["global_step"] + one_epoch
     runs = search_runs("pre_train-tiny", tracking_uri=uri)
     assert len(runs) == 1
     assert [s for s, _ in metric_history(runs[0]["run_id"], "train_loss", tracking_uri=uri)] == [

@@ -7,12 +7,16 @@ import pytest
 import torch
 from recbole.utils import FeatureSource, FeatureType
 
+from recbole_fork.data import catalog_from_dataset
 from recbole_fork.encoders import (
+    EncoderSettings,
     IdItemEncoder,
     IdTextItemEncoder,
     TextItemEncoder,
     build_item_encoder,
 )
+from recbole_fork.settings import ConfigError
+from tests.conftest import settings_slice
 
 # 4 item ids (0 = padding). title: up to 3 pieces; brand: 1 piece; category: a token field.
 TITLE = torch.tensor([[0, 0, 0], [1, 2, 0], [2, 2, 3], [3, 0, 0]])
@@ -125,39 +129,43 @@ class _Dataset:
         return 4
 
 
-def _config(**kw):
+def _settings(**kw) -> EncoderSettings:
     base = {
         "item_encoder": "text",
         "hidden_size": 8,
         "text_fields": ["title", "brand", "category"],
         "text_embedding_size": 5,
     }
-    return {**base, **kw}
+    return settings_slice(EncoderSettings, **{**base, **kw})
 
 
 def test_build_item_encoder_kinds():
-    ds = _Dataset()
-    text = build_item_encoder(_config(), ds)
+    catalog = catalog_from_dataset(_Dataset(), ["title", "brand", "category"])
+    text = build_item_encoder(_settings(), catalog)
     assert isinstance(text, TextItemEncoder) and text.fields == ["title", "brand", "category"]
     assert text.adapter.in_features == 15 and text(torch.tensor([1, 2])).shape == (2, 8)
     assert text.vocab()["category"] == VOCABS["category"]
-    assert isinstance(build_item_encoder(_config(item_encoder="id"), ds), IdItemEncoder)
-    assert isinstance(build_item_encoder(_config(item_encoder="id+text"), ds), IdTextItemEncoder)
+    assert isinstance(build_item_encoder(_settings(item_encoder="id"), catalog), IdItemEncoder)
+    both = build_item_encoder(_settings(item_encoder="id+text"), catalog)
+    assert isinstance(both, IdTextItemEncoder)
+
+
+def test_unknown_encoder_and_missing_fields_are_config_errors():
+    with pytest.raises(ConfigError, match=r"unknown item_encoder 'bert'; valid: \['id', 'text'"):
+        _settings(item_encoder="bert")
+    only_title = catalog_from_dataset(_Dataset(), ["title"])
+    with pytest.raises(ConfigError, match=r"text field\(s\) \['color'\] are not item text fields"):
+        build_item_encoder(_settings(text_fields=["color"]), only_title)
 
 
 @pytest.mark.parametrize(
-    ("config", "with_items", "message"),
+    ("fields", "with_items", "message"),
     [
-        (
-            _config(item_encoder="bert"),
-            True,
-            r"unknown item_encoder 'bert'; valid: \['id', 'text', 'id\+text'\]",
-        ),
-        (_config(text_fields=["color"]), True, "text field 'color' is not an item field of tiny"),
-        (_config(text_fields=["rating"]), True, "must be a token or token_seq field"),
-        (_config(), False, "needs item features, but tiny has no .item file"),
+        (["color"], True, "text field 'color' is not an item field of tiny"),
+        (["rating"], True, "must be a token or token_seq field"),
+        (["title"], False, "needs item features, but tiny has no .item file"),
     ],
 )
-def test_build_item_encoder_errors(config, with_items, message):
-    with pytest.raises(ValueError, match=message):
-        build_item_encoder(config, _Dataset(with_items))
+def test_catalog_from_dataset_errors(fields, with_items, message):
+    with pytest.raises(ConfigError, match=message):
+        catalog_from_dataset(_Dataset(with_items), fields)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from recbole_fork.checkpoint import load_checkpoint
-from recbole_fork.config import build_config
 from recbole_fork.finetune import (
     EWCPenalty,
     FineTuneError,
@@ -16,11 +15,12 @@ from recbole_fork.finetune import (
     estimate_fisher,
     fine_tune,
     fine_tune_config,
-    fine_tune_run_name,
     plan_stages,
 )
-from recbole_fork.trainer import fit
-from tests.conftest import write_atomic_dataset
+from recbole_fork.naming import run_name
+from recbole_fork.session import train
+from recbole_fork.settings import RunSettings
+from tests.conftest import run_config, write_atomic_dataset
 
 ARCH = {
     "model": "SASRecX",
@@ -43,8 +43,6 @@ TRAIN = {
     "valid_metric": "NDCG@10",
     "stopping_step": 100,
     "scheduler": {"type": "constant"},
-    "use_gpu": False,
-    "show_progress": False,
 }
 TABLES = ["item_encoder.tables.brand.weight", "item_encoder.tables.title.weight"]
 
@@ -101,14 +99,17 @@ def pretrained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ft") / "data"
     write_atomic_dataset(root, "src", n_users=30, n_items=20, seed=1, item_text=True)
     write_atomic_dataset(root, "tgt", n_users=24, n_items=16, seed=2, item_text=True)
-    config = build_config({**ARCH, **TRAIN, "dataset": "src", "data_path": str(root), "epochs": 1})
+    config = run_config(root, **ARCH, **TRAIN, dataset="src", epochs=1)
     ckpt = root.parent / "src.pth"
-    fit(config, ckpt)
+    train(config, ckpt)
     return root, ckpt
 
 
 def _config(root: Path, ckpt: Path | None, strategy: str, **extra):
-    settings = {**TRAIN, "fine_tune_strategy": strategy, "data_path": str(root), **extra}
+    settings = {
+        **TRAIN, "fine_tune_strategy": strategy, "data_path": str(root), "use_gpu": False,
+        "show_progress": False, **extra,
+    }  # fmt: skip
     return fine_tune_config(settings, "tgt", pretrained=ckpt)
 
 
@@ -149,7 +150,7 @@ def test_full_loads_everything_and_trains_everything(pretrained, tmp_path, fake_
     assert _changed(start, end) == set(start)
     tracker = fake_tracker.last
     assert tracker.experiment == "fine_tune-tgt"
-    assert tracker.run_name == "sasrecx-d8-l2-text-tgt-full-s2020"
+    assert tracker.run_name == "sasrec-d8-l2-h2-text-tgt-full-s2020"
     assert tracker.tags["strategy"] == "full" and tracker.tags["pretrain_dataset"] == "src"
     assert tracker.params["fine_tune.strategy"] == "full"
     # The target's real users; the padding id is not counted (as in pre-training's params).
@@ -249,13 +250,14 @@ def test_ewc_penalty_value_is_exact() -> None:
 
 def test_fisher_of_one_batch_is_its_squared_gradient(pretrained) -> None:
     from recbole_fork.data import build_seq_data
-    from recbole_fork.models.sasrec import SASRecX
+    from recbole_fork.session import build_model
+    from recbole_fork.settings import RunSettings
 
     root, _ = pretrained
-    config = build_config({**ARCH, **TRAIN, "dataset": "src", "data_path": str(root)})
+    config = run_config(root, **ARCH, **TRAIN, dataset="src")
     data = build_seq_data(config)
     torch.manual_seed(0)
-    model = SASRecX(config, data.dataset, item_counts=data.item_counts)
+    model = build_model(RunSettings.from_config(config).spec, data)
     fisher = estimate_fisher(model, data, n_batches=1, batch_size=16, seed=3)
     batch = next(iter(data.train_loader(16, 0)))
     gen = torch.Generator().manual_seed(3 + 505)
@@ -292,7 +294,7 @@ def test_plan_rejects_unknown_strategy(pretrained) -> None:
 
 def test_run_name_puts_the_strategy_before_the_seed(pretrained) -> None:
     root, ckpt = pretrained
-    config = _config(root, ckpt, "ewc", seed=42)
-    assert fine_tune_run_name(config, "ewc") == "sasrecx-d8-l2-text-tgt-ewc-s42"
-    named = _config(root, ckpt, "ewc", run_name="mine")
-    assert fine_tune_run_name(named, "ewc") == "mine"
+    settings = RunSettings.from_config(_config(root, ckpt, "ewc", seed=42))
+    assert run_name(settings, strategy="ewc") == "sasrec-d8-l2-h2-text-tgt-ewc-s42"
+    named = RunSettings.from_config(_config(root, ckpt, "ewc", run_name="mine"))
+    assert run_name(named, strategy="ewc") == "mine"

@@ -6,15 +6,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 
-from recbole_fork.config import build_config
-from recbole_fork.models.hstu import HSTU, HSTUBackbone, time_buckets
+from recbole_fork.models.hstu import HSTU, HSTUBackbone, HSTUSettings, time_buckets
 from recbole_fork.params import count_parameters
+from recbole_fork.settings import ConfigError
+from tests.conftest import assert_backbone_learns, tiny_fork_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,7 +38,7 @@ TINY = dict(
 
 def tiny_backbone(**overrides) -> HSTUBackbone:
     torch.manual_seed(0)
-    backbone = HSTUBackbone(**{**TINY, **overrides})
+    backbone = HSTUBackbone(HSTUSettings(**{**TINY, **overrides}))
     # Nonzero biases so the tests see the relative attention bias at work.
     for layer in backbone.layers:
         for weight in (layer.rab.position_weight, layer.rab.time_weight):
@@ -185,12 +185,12 @@ def test_flops_per_token_closed_form():
 
 def test_defaults_from_yaml_and_describe():
     config = yaml.safe_load(HSTU_YAML.read_text())
-    backbone = HSTUBackbone.from_config(config)
-    assert backbone.describe() == "hstu-d50-b2-h1"
+    backbone = HSTUBackbone(HSTUSettings.from_mapping(config))
+    assert backbone.describe() == "hstu-d50-l2-h1"
     assert backbone.normalize is True
     del config["linear_dim"]
-    with pytest.raises(KeyError, match="linear_dim"):
-        HSTUBackbone.from_config(config)
+    with pytest.raises(ConfigError, match="config key 'linear_dim' is missing"):
+        HSTUSettings.from_mapping(config)
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -199,45 +199,18 @@ def test_bad_inputs_raise_clear_errors():
         backbone(torch.randn(1, 7, 8), torch.ones(1, 7, dtype=torch.bool), torch.zeros(1, 7).long())
     with pytest.raises(ValueError, match="time_seq"):
         backbone(torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool), None)
-    with pytest.raises(ValueError, match="n_heads"):
-        HSTUBackbone(**{**TINY, "n_heads": 0})
+    with pytest.raises(ConfigError, match="n_heads"):
+        HSTUSettings(**{**TINY, "n_heads": 0})
 
 
 def test_few_training_steps_lower_sampled_softmax_loss():
-    torch.manual_seed(0)
-    n_items, seq_len = 30, 6
-    backbone = HSTUBackbone(**{**TINY, "hidden_dropout_prob": 0.1})
-    items = torch.nn.Embedding(n_items, 8)
-    # Each user walks the catalogue in steps of 1 from a random start: learnable next item.
-    start = torch.randint(1, n_items - seq_len - 1, (16, 1))
-    seq = start + torch.arange(seq_len + 1)
-    inputs, targets = seq[:, :-1], seq[:, 1:]
-    mask = torch.ones_like(inputs, dtype=torch.bool)
-    times = inputs * 3600
-    opt = torch.optim.AdamW([*backbone.parameters(), *items.parameters()], lr=1e-2)
-
-    def loss_fn(generator: torch.Generator) -> torch.Tensor:
-        user = F.normalize(backbone(items(inputs), mask, times), dim=-1)  # [B, L, D]
-        negatives = torch.randint(1, n_items, (8,), generator=generator)  # shared by the batch
-        pos = (user * F.normalize(items(targets), dim=-1)).sum(-1, keepdim=True)  # [B, L, 1]
-        neg = user @ F.normalize(items(negatives), dim=-1).T  # [B, L, 8]
-        logits = torch.cat([pos, neg], dim=-1) / 0.05
-        logits[..., 1:] = logits[..., 1:].masked_fill(negatives == targets[..., None], -1e9)
-        return F.cross_entropy(logits.flatten(0, 1), torch.zeros(logits.shape[0] * seq_len).long())
-
-    backbone.eval()
-    with torch.no_grad():
-        first = loss_fn(torch.Generator().manual_seed(5)).item()
-    backbone.train()
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(30):
-        opt.zero_grad()
-        loss_fn(gen).backward()
-        opt.step()
-    backbone.eval()
-    with torch.no_grad():
-        last = loss_fn(torch.Generator().manual_seed(5)).item()
-    assert last < 0.5 * first
+    assert_backbone_learns(
+        lambda: HSTUBackbone(HSTUSettings(**{**TINY, "hidden_dropout_prob": 0.1})),
+        normalize=True,
+        temperature=0.05,
+        with_time=True,
+        optimizer=torch.optim.AdamW,
+    )
 
 
 # ----- the HSTU model: item encoder + backbone + loss (recbole_fork.models.base) -----------
@@ -245,29 +218,9 @@ def test_few_training_steps_lower_sampled_softmax_loss():
 N_ITEMS = 12
 
 
-class _Dataset:
-    """The attributes of a RecBole dataset that the model reads: 11 items, ids only."""
-
-    dataset_name = "tiny"
-    iid_field = "item_id"
-    hist_items = np.arange(1, N_ITEMS)  # every item once: uniform counts
-
-    def num(self, field: str) -> int:
-        return N_ITEMS
-
-
 def tiny_model(**overrides) -> HSTU:
-    settings = {
-        "model": "HSTU",
-        "dataset": "tiny",
-        **{k: v for k, v in TINY.items()},
-        "num_negatives": 4,
-        "temperature": 0.05,
-        "use_gpu": False,
-        **overrides,
-    }
-    torch.manual_seed(0)
-    return HSTU(build_config(settings), _Dataset()).eval()
+    overrides = {**TINY, "num_negatives": 4, "temperature": 0.05, **overrides}
+    return tiny_fork_model("HSTU", N_ITEMS, **overrides)
 
 
 def model_batch():
@@ -282,7 +235,7 @@ def test_model_counts_and_describe():
     counts = count_parameters(model)
     assert counts.embedding == N_ITEMS * 8 == 96
     assert counts.non_embedding == 888  # the backbone's closed form above
-    assert model.describe() == "hstu-d8-b2-h2-id"
+    assert model.describe() == "hstu-d8-l2-h2-id"
     assert model.normalize is True
     assert model.flops_per_token() == model.backbone.flops_per_token(6) == 2 * (448 + 96 + 72 + 96)
 

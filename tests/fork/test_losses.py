@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recbole_fork.losses import BCELoss, FullCELoss, SampledSoftmaxLoss, build_loss
+from recbole_fork.losses import (
+    BCELoss,
+    FullCELoss,
+    LossSettings,
+    SampledSoftmaxLoss,
+    build_loss,
+)
+from recbole_fork.settings import ConfigError
+from tests.conftest import settings_slice
 
 
 def t(x):
@@ -93,19 +101,23 @@ def test_gradients_flow_and_are_finite():
     assert torch.isfinite(user.grad).all() and table.grad[0].abs().sum().item() == 0.0
 
 
+def _loss(**overrides):
+    return build_loss(settings_slice(LossSettings, **overrides))
+
+
 def test_build_loss_choices_and_errors():
-    assert isinstance(build_loss({"loss_type": "sampled_softmax"}), SampledSoftmaxLoss)
-    assert build_loss({}).needs_negatives  # default: sampled_softmax
-    assert build_loss({"loss_type": "full_ce"}).needs_negatives is False
-    ssm = build_loss({"loss_type": "sampled_softmax", "temperature": 0.05, "logq_correction": True})
+    assert isinstance(_loss(loss_type="sampled_softmax"), SampledSoftmaxLoss)
+    assert _loss().needs_negatives  # default (data.yaml): sampled_softmax
+    assert _loss(loss_type="full_ce").needs_negatives is False
+    ssm = _loss(loss_type="sampled_softmax", temperature=0.05, logq_correction=True)
     assert ssm.describe() == "ssm-t0.05-logq"
     with pytest.raises(
-        ValueError, match=r"loss_type='CE' is not one of \['sampled_softmax', 'bce', 'full_ce'\]"
+        ConfigError, match=r"unknown loss_type 'CE'; valid: \['sampled_softmax', 'bce', 'full_ce'\]"
     ):
-        build_loss({"loss_type": "CE"})
+        _loss(loss_type="CE")
     with pytest.raises(
-        ValueError, match="logq_correction applies to loss_type sampled_softmax only"
+        ConfigError, match="logq_correction applies to loss_type sampled_softmax only"
     ):
-        build_loss({"loss_type": "bce", "logq_correction": True})
-    with pytest.raises(ValueError, match="temperature=0.0"):
-        build_loss({"temperature": 0})
+        _loss(loss_type="bce", logq_correction=True)
+    with pytest.raises(ConfigError, match="temperature=0.0"):
+        _loss(temperature=0)

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from recbole_fork.config import build_config
-from recbole_fork.finetune import fine_tune, fine_tune_config, fine_tune_run_name
-from recbole_fork.run import default_run_name, experiment_name, pre_train
+from recbole_fork.finetune import fine_tune, fine_tune_config
+from recbole_fork.naming import experiment_name, run_name
+from recbole_fork.run import pre_train
+from recbole_fork.settings import RunSettings
 from recbole_fork.tracking import log_artifacts_to_run, search_runs
 from tests import browser_util
 from tests.conftest import REPO, write_atomic_dataset
@@ -61,7 +63,8 @@ def _run_demo(root: Path, out: Path, uri: str) -> dict[str, list[str]]:
     pre = build_config(DEMO / "pre_train.yaml", [*SHRINK, *data, "dataset=tiny"])
     pretrained = out / "pretrain-tiny.pth"
     pre_train(pre, pretrained, tracking_uri=uri, config_file=DEMO / "pre_train.yaml")
-    names = {experiment_name(pre): [default_run_name(pre)]}
+    pre_settings = RunSettings.from_config(pre)
+    names = {experiment_name(pre_settings): [run_name(pre_settings)]}
     for strategy in ("from_scratch", "progressive"):
         source = DEMO / f"fine_tune_{strategy}.yaml"
         overrides = [*SHRINK, *data]
@@ -79,8 +82,9 @@ def _run_demo(root: Path, out: Path, uri: str) -> dict[str, list[str]]:
             tracking_uri=uri,
             config_file=source,
         )
-        names.setdefault(experiment_name(config, "fine_tune"), []).append(
-            fine_tune_run_name(config, strategy)
+        settings = RunSettings.from_config(config)
+        names.setdefault(experiment_name(settings, "fine_tune"), []).append(
+            run_name(settings, strategy=strategy)
         )
     return names
 
@@ -94,10 +98,10 @@ def test_demo_run_names_show_in_the_mlflow_ui(chromium, mlflow_server, tmp_path,
     write_atomic_dataset(root, "tiny-beauty", n_users=24, n_items=16, seed=2, item_text=True)
     names = _run_demo(root, tmp_path, mlflow_server)
     assert names == {
-        "pre_train-tiny": ["sasrecx-d8-l2-text-tiny-s42"],
+        "pre_train-tiny": ["sasrec-d8-l2-h2-text-tiny-s42"],
         "fine_tune-tiny-beauty": [
-            "sasrecx-d8-l2-text-tiny-beauty-from_scratch-s42",
-            "sasrecx-d8-l2-text-tiny-beauty-progressive-s42",
+            "sasrec-d8-l2-h2-text-tiny-beauty-from_scratch-s42",
+            "sasrec-d8-l2-h2-text-tiny-beauty-progressive-s42",
         ],
     }
 

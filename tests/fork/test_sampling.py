@@ -13,18 +13,20 @@ from scipy.stats import chisquare
 from recbole_fork.sampling import (
     InBatchSampler,
     PopularitySampler,
+    SamplerSettings,
     UniformSampler,
     accidental_hit_mask,
     build_sampler,
 )
+from recbole_fork.settings import ConfigError
+from tests.conftest import settings_slice
 
 COUNTS = np.array([0, 10, 1, 0, 5, 4], dtype=np.int64)  # id 0 = padding, id 3 never trained on
 
 
 def cfg(**over):
     base = {"neg_sampler": "uniform", "num_negatives": 4, "shared_negatives": False}
-    base.update(over)
-    return base
+    return settings_slice(SamplerSettings, **{**base, **over})
 
 
 def gen(seed=0):
@@ -85,16 +87,16 @@ def test_in_batch_shared_and_per_example():
 
 def test_errors():
     with pytest.raises(
-        ValueError,
-        match=r"neg_sampler='popular' is not one of \['uniform', 'popularity', 'in_batch'\]",
+        ConfigError,
+        match=r"unknown neg_sampler 'popular'; valid: \['uniform', 'popularity', 'in_batch'\]",
     ):
         build_sampler(cfg(neg_sampler="popular"), COUNTS)
     with pytest.raises(
-        ValueError, match=r"num_negatives=6 is larger than the catalog \(5 real items\)"
+        ConfigError, match=r"num_negatives=6 is larger than the catalog \(5 real items\)"
     ):
         build_sampler(cfg(num_negatives=6), COUNTS)
     build_sampler(cfg(num_negatives=5), COUNTS)  # exactly the catalog is fine
-    with pytest.raises(ValueError, match="num_negatives=0"):
+    with pytest.raises(ConfigError, match="num_negatives=0"):
         build_sampler(cfg(num_negatives=0), COUNTS)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from recbole.utils import FeatureSource, FeatureType
 
-from recbole_fork.config import build_config
-from recbole_fork.models.sasrec import SASRecBackbone, SASRecX
+from recbole_fork.encoders import Catalog
+from recbole_fork.models.sasrec import SASRecX
 from recbole_fork.params import count_parameters
+from recbole_fork.settings import ConfigError
+from tests.conftest import backbone_settings, model_spec
 
 N_ITEMS, D, INNER, L, LAYERS, HEADS = 10, 8, 12, 5, 2, 2
 
@@ -17,45 +18,34 @@ N_ITEMS, D, INNER, L, LAYERS, HEADS = 10, 8, 12, 5, 2, 2
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class _Dataset:
-    """The attributes of a RecBole dataset that the model reads: 9 items with a title."""
-
-    dataset_name = "tiny"
-    iid_field = "item_id"
-
-    def __init__(self) -> None:
-        title = torch.zeros(N_ITEMS, 2, dtype=torch.long)
-        title[1:, 0] = torch.arange(1, N_ITEMS) % 4 + 1  # pieces 1..4
-        title[1:, 1] = torch.arange(1, N_ITEMS) % 3 + 1
-        self.item_feat = {"title": title}
-        self.field2type = {"item_id": FeatureType.TOKEN, "title": FeatureType.TOKEN_SEQ}
-        self.field2source = {"item_id": FeatureSource.ITEM_ID, "title": FeatureSource.ITEM}
-        self.field2id_token = {"title": np.array(["[PAD]", "a", "b", "c", "d"])}
-        self.hist_items = np.arange(1, N_ITEMS)  # every item once: uniform counts
-
-    def num(self, field: str) -> int:
-        return N_ITEMS
+def _catalog() -> Catalog:
+    """9 items with a two-piece title."""
+    title = torch.zeros(N_ITEMS, 2, dtype=torch.long)
+    title[1:, 0] = torch.arange(1, N_ITEMS) % 4 + 1  # pieces 1..4
+    title[1:, 1] = torch.arange(1, N_ITEMS) % 3 + 1
+    vocab = ["[PAD]", "a", "b", "c", "d"]
+    return Catalog(n_items=N_ITEMS, tokens={"title": title}, vocabs={"title": vocab})
 
 
 def _model(**overrides) -> SASRecX:
-    settings = {
-        "model": "SASRecX",
-        "dataset": "tiny",
-        "hidden_size": D,
-        "inner_size": INNER,
-        "n_layers": LAYERS,
-        "n_heads": HEADS,
-        "max_seq_length": L,
-        "hidden_dropout_prob": 0.0,
-        "attn_dropout_prob": 0.0,
-        "num_negatives": 4,
-        "text_fields": ["title"],
-        "text_embedding_size": 6,
-        "use_gpu": False,
-        **overrides,
-    }
+    spec = model_spec(
+        "SASRecX",
+        **{
+            "hidden_size": D,
+            "inner_size": INNER,
+            "n_layers": LAYERS,
+            "n_heads": HEADS,
+            "max_seq_length": L,
+            "hidden_dropout_prob": 0.0,
+            "attn_dropout_prob": 0.0,
+            "num_negatives": 4,
+            "text_fields": ["title"],
+            "text_embedding_size": 6,
+            **overrides,
+        },
+    )
     torch.manual_seed(0)
-    return SASRecX(build_config(settings), _Dataset()).eval()
+    return SASRecX(spec, _catalog()).eval()
 
 
 def _backbone_params(d: int, inner: int, seq: int, layers: int) -> int:
@@ -125,8 +115,8 @@ def test_reverse_positions_count_back_from_the_last_item():
     assert count_parameters(rev).total == count_parameters(fwd).total
     assert rev.describe() == "sasrec-d8-l2-h2-rev-id"
     assert _model(layer_norm_position="pre").describe() == "sasrec-d8-l2-h2-pre-id"
-    with pytest.raises(ValueError, match=r"valid: \['forward', 'reverse'\]"):
-        SASRecBackbone(position_order="backward")
+    with pytest.raises(ConfigError, match=r"valid: \['forward', 'reverse'\]"):
+        backbone_settings(position_order="backward")
 
 
 def test_user_vectors_take_last_real_position():
@@ -205,15 +195,15 @@ def test_recbole_interface():
 
 
 def test_bad_hyperparameters():
-    with pytest.raises(ValueError, match="divisible by n_heads 3"):
-        SASRecBackbone(hidden_size=8, n_heads=3)
-    with pytest.raises(ValueError, match=r"valid: \['post', 'pre'\]"):
-        SASRecBackbone(layer_norm_position="middle")
-    with pytest.raises(ValueError, match="unknown hidden_act 'elu'"):
-        SASRecBackbone(hidden_act="elu")
-    with pytest.raises(ValueError, match="larger than the catalog"):
+    with pytest.raises(ConfigError, match="divisible by n_heads 3"):
+        backbone_settings(hidden_size=8, n_heads=3)
+    with pytest.raises(ConfigError, match=r"valid: \['post', 'pre'\]"):
+        backbone_settings(layer_norm_position="middle")
+    with pytest.raises(ConfigError, match="unknown hidden_act 'elu'"):
+        backbone_settings(hidden_act="elu")
+    with pytest.raises(ConfigError, match="larger than the catalog"):
         _model(num_negatives=50)
-    with pytest.raises(ValueError, match="loss_type='hinge' is not one of"):
+    with pytest.raises(ConfigError, match="unknown loss_type 'hinge'"):
         _model(loss_type="hinge")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import pytest
 import torch
 
 from recbole_fork.checkpoint import load_checkpoint
-from recbole_fork.config import build_config
-from recbole_fork.data import build_seq_data
+from recbole_fork.data import DataError, build_seq_data
+from recbole_fork.errors import UserError
 from recbole_fork.models.sasrec import SASRecX
-from recbole_fork.trainer import SeqTrainer, TrainingDivergedError, fit
-from tests.conftest import RecordingTracker
+from recbole_fork.session import build_model, train
+from recbole_fork.settings import RunSettings
+from recbole_fork.trainer import SeqTrainer, TrainingDivergedError, TrainState
+from tests.conftest import RecordingTracker, run_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,29 +34,26 @@ def _write_dataset(root: Path, name: str = "tiny", n_users: int = 30, min_len: i
     return root
 
 
+SETTINGS = {
+    "model": "SASRecX",
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+    "epochs": 3,
+    "train_batch_size": 16,
+    "eval_batch_size": 64,
+    "hidden_size": 16,
+    "inner_size": 32,
+    "max_seq_length": 6,
+    "num_negatives": 5,
+    "hidden_dropout_prob": 0.2,  # dropout on: its RNG state must survive a resume
+    "attn_dropout_prob": 0.2,
+    "learning_rate": 0.01,
+    "valid_metric": "NDCG@10",
+    "stopping_step": 10,
+}
+
+
 def _config(root: Path, name: str = "tiny", **overrides):
-    settings = {
-        "model": "SASRecX",
-        "dataset": name,
-        "data_path": str(root),
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-        "epochs": 3,
-        "train_batch_size": 16,
-        "eval_batch_size": 64,
-        "hidden_size": 16,
-        "inner_size": 32,
-        "max_seq_length": 6,
-        "num_negatives": 5,
-        "hidden_dropout_prob": 0.2,  # dropout on: its RNG state must survive a resume
-        "attn_dropout_prob": 0.2,
-        "learning_rate": 0.01,
-        "valid_metric": "NDCG@10",
-        "stopping_step": 10,
-        "use_gpu": False,
-        "show_progress": False,
-        **overrides,
-    }
-    return build_config(settings)
+    return run_config(root, **{**SETTINGS, "dataset": name, **overrides})
 
 
 # ----- optimisation mechanics on hand-made batches ------------------------------------------
@@ -79,10 +79,21 @@ def _model_and_data(root: Path, **overrides):
     config = _config(
         _write_dataset(root), hidden_dropout_prob=0.0, attn_dropout_prob=0.0, **overrides
     )
-    data = build_seq_data(config)
+    settings = RunSettings.from_config(config)
+    data = build_seq_data(config, settings.data)
     torch.manual_seed(0)
-    model = SASRecX(config, data.dataset, item_counts=data.item_counts)
-    return config, model, data.n_items
+    model = build_model(settings.spec, data)
+    return settings, model, data.n_items
+
+
+def _trainer(settings, model, batches, path) -> SeqTrainer:
+    return SeqTrainer(
+        model,
+        batches,
+        training=settings.training,
+        evaluation=settings.evaluation,
+        checkpoint_path=path,
+    )
 
 
 def _spy_grads(trainer: SeqTrainer) -> list[dict[str, torch.Tensor]]:
@@ -123,15 +134,13 @@ def test_grad_accumulation_equals_full_batch(tmp_path):
         (2, [{k: v[:2] for k, v in FULL.items()}, {k: v[2:] for k, v in FULL.items()}]),
     ]:
         # full_ce: no sampled negatives, so the two runs see the same loss function.
-        config, model, n_items = _model_and_data(
+        settings, model, n_items = _model_and_data(
             tmp_path, loss_type="full_ce", grad_accum_steps=accum
         )
-        trainer = SeqTrainer(
-            config, model, _Batches(batches, n_items), tmp_path / "c.pth", show_progress=False
-        )
+        trainer = _trainer(settings, model, _Batches(batches, n_items), tmp_path / "c.pth")
         seen = _spy_grads(trainer)
         trainer._train_epoch(0)
-        assert len(seen) == 1 and trainer.global_step == 1  # one optimizer step either way
+        assert len(seen) == 1 and trainer.state.global_step == 1  # one optimizer step either way
         grads.append(seen[0])
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
@@ -141,10 +150,10 @@ def test_grad_accumulation_equals_full_batch(tmp_path):
 @pytest.mark.filterwarnings(SPY_WARNING)
 @pytest.mark.parametrize("max_norm", [0.01, None])
 def test_gradient_clipping_is_applied(tmp_path, max_norm):
-    config, model, n_items = _model_and_data(tmp_path, loss_type="full_ce", max_grad_norm=max_norm)
-    trainer = SeqTrainer(
-        config, model, _Batches([FULL, FULL], n_items), tmp_path / "c.pth", show_progress=False
+    settings, model, n_items = _model_and_data(
+        tmp_path, loss_type="full_ce", max_grad_norm=max_norm
     )
+    trainer = _trainer(settings, model, _Batches([FULL, FULL], n_items), tmp_path / "c.pth")
     seen = _spy_grads(trainer)
     trainer._train_epoch(0)
     norms = [
@@ -163,7 +172,7 @@ def test_gradient_clipping_is_applied(tmp_path, max_norm):
 
 def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch, capsys):
     root = _write_dataset(tmp_path)
-    whole = fit(_config(root), tmp_path / "whole.pth", RecordingTracker())
+    whole = train(_config(root), tmp_path / "whole.pth", tracker=RecordingTracker())
 
     original = SeqTrainer._train_epoch
 
@@ -175,18 +184,18 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch,
     monkeypatch.setattr(SeqTrainer, "_train_epoch", killed_at_epoch_2)
     ckpt = tmp_path / "killed.pth"
     with pytest.raises(KeyboardInterrupt):
-        fit(_config(root), ckpt, RecordingTracker())
+        train(_config(root), ckpt, tracker=RecordingTracker())
     message = capsys.readouterr().out
     assert f"interrupted during epoch 2; the checkpoint {ckpt} holds epoch 1" in message
     assert "--resume" in message
-    assert load_checkpoint(ckpt)["epoch"] == 1
+    assert load_checkpoint(ckpt)["state"]["epoch_done"] == 1
 
     monkeypatch.setattr(SeqTrainer, "_train_epoch", original)
-    resumed = fit(_config(root), ckpt, RecordingTracker(), resume=True)
+    resumed = train(_config(root), ckpt, tracker=RecordingTracker(), resume=True)
     assert resumed == whole  # exact equality, every metric
-    assert load_checkpoint(ckpt)["final_metrics"] == whole
+    assert load_checkpoint(ckpt)["state"]["final_metrics"] == whole
     # A finished run resumed again returns its stored result without training.
-    assert fit(_config(root), ckpt, RecordingTracker(), resume=True) == whole
+    assert train(_config(root), ckpt, tracker=RecordingTracker(), resume=True) == whole
 
 
 def test_checkpoint_contents_and_logged_names(tmp_path, monkeypatch):
@@ -201,13 +210,13 @@ def test_checkpoint_contents_and_logged_names(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(SeqTrainer, "_train_epoch", recording)
-    result = fit(_config(_write_dataset(tmp_path), epochs=1), ckpt, tracker)
+    result = train(_config(_write_dataset(tmp_path), epochs=1), ckpt, tracker=tracker)
     state = load_checkpoint(ckpt)  # weights_only=True
-    for key in (
-        "model_state", "optimizer_state", "scheduler_state", "rng", "epoch", "global_step",
-        "best_score", "best_epoch", "best_state", "config", "vocab",
-    ):  # fmt: skip
+    for key in ("model_state", "optimizer_state", "scheduler_state", "rng", "state", "config",
+                "vocab"):  # fmt: skip
         assert key in state
+    assert set(state["state"]) == {f.name for f in dataclasses.fields(TrainState)}
+    assert state["state"]["epoch_done"] == 0 and state["state"]["best_state"] is not None
     assert state["mlflow_run_id"] == "run-123"
     assert state["model_description"] == "sasrec-d16-l2-h2-id"
     assert state["config"]["hidden_size"] == 16 and state["vocab"] == {}
@@ -243,7 +252,7 @@ def test_best_epoch_weights_are_used_for_test(tmp_path, monkeypatch):
 
     monkeypatch.setattr(SeqTrainer, "evaluate", scripted_valid)
     tracker = RecordingTracker()
-    result = fit(_config(_write_dataset(tmp_path)), tmp_path / "b.pth", tracker)
+    result = train(_config(_write_dataset(tmp_path)), tmp_path / "b.pth", tracker=tracker)
     assert result["best_epoch"] == 1
     assert result["best_valid_ndcg_at_10"] == 0.9
     # The final test ran with epoch 1's weights: its figures equal that epoch's, not the last.
@@ -266,12 +275,12 @@ def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(SASRecX, "training_loss", nan_in_epoch_1)
     ckpt = tmp_path / "nan.pth"
     with pytest.raises(TrainingDivergedError) as err:
-        fit(config, ckpt, None)
+        train(config, ckpt)
     assert str(err.value) == (
         f"loss is nan at epoch 1, batch 1, optimizer step {per_epoch + 1}; last good checkpoint: "
         f"{ckpt} (resume from it with a lower learning_rate or a max_grad_norm)"
     )
-    assert load_checkpoint(ckpt)["epoch"] == 0
+    assert load_checkpoint(ckpt)["state"]["epoch_done"] == 0
 
 
 @pytest.mark.parametrize(
@@ -291,13 +300,14 @@ def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
             {"item_encoder": "bert"},
             r"unknown item_encoder 'bert'; valid: \['id', 'text', 'id\+text'\]",
         ),
-        ({"loss_type": "hinge"}, "loss_type='hinge' is not one of"),
-        ({"neg_sampler": "hard"}, "neg_sampler='hard' is not one of"),
+        ({"loss_type": "hinge"}, "unknown loss_type 'hinge'"),
+        ({"neg_sampler": "hard"}, "unknown neg_sampler 'hard'"),
+        ({"hidden_size": "big"}, "config key 'hidden_size' must be an integer, got 'big'"),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, overrides, message):
-    with pytest.raises(ValueError, match=message):
-        fit(_config(_write_dataset(tmp_path), **overrides), tmp_path / "x.pth", None)
+    with pytest.raises(UserError, match=message):
+        train(_config(_write_dataset(tmp_path), **overrides), tmp_path / "x.pth", tracker=None)
     assert not (tmp_path / "x.pth").exists()
 
 
@@ -309,8 +319,8 @@ def test_dataset_without_evaluation_users(tmp_path):
     (folder / "short.inter").write_text(
         "user_id:token\titem_id:token\ttimestamp:float\n" + "\n".join(rows)
     )
-    with pytest.raises(ValueError, match="dataset 'short': no user has the 3 interactions"):
-        fit(_config(root, name="short"), tmp_path / "x.pth", None)
+    with pytest.raises(DataError, match="dataset 'short': no user has the 3 interactions"):
+        train(_config(root, name="short"), tmp_path / "x.pth", tracker=None)
 
 
 def test_text_encoder_run_keeps_vocabulary(tmp_path):
@@ -330,7 +340,7 @@ def test_text_encoder_run_keeps_vocabulary(tmp_path):
         },
     )
     tracker = RecordingTracker()
-    fit(config, tmp_path / "text.pth", tracker)
+    train(config, tmp_path / "text.pth", tracker=tracker)
     state = load_checkpoint(tmp_path / "text.pth")
     assert state["model_description"] == "sasrec-d16-l2-h2-text"
     assert state["vocab"]["title"][0] == "[PAD]"

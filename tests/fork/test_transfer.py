@@ -13,9 +13,9 @@ from recbole_fork.cli import fine_tune_main
 from recbole_fork.config import ConfigError, build_config
 from recbole_fork.data import build_seq_data
 from recbole_fork.finetune import FineTuneError, check_dataset, fine_tune, fine_tune_config
-from recbole_fork.models.sasrec import SASRecX
-from recbole_fork.trainer import fit
-from recbole_fork.transfer import TransferError, remap_tokens, transfer_weights
+from recbole_fork.finetune.transfer import TransferError, remap_tokens, transfer_weights
+from recbole_fork.session import build_model, train
+from recbole_fork.settings import RunSettings
 from tests.conftest import write_atomic_dataset
 
 ARCH = {
@@ -71,7 +71,7 @@ def domains(tmp_path_factory) -> tuple[Path, Path]:
     _texts(root, "src", SRC)
     _texts(root, "tgt", TGT)
     ckpt = root.parent / "src.pth"
-    fit(build_config({**ARCH, **TRAIN, "dataset": "src", "data_path": str(root)}), ckpt)
+    train(build_config({**ARCH, **TRAIN, "dataset": "src", "data_path": str(root)}), ckpt)
     return root, ckpt
 
 
@@ -79,7 +79,7 @@ def _target_model(root: Path, ckpt: Path, **extra):
     config = fine_tune_config({**TRAIN, "data_path": str(root), **extra}, "tgt", pretrained=ckpt)
     data = build_seq_data(config)
     torch.manual_seed(0)
-    return config, SASRecX(config, data.dataset, item_counts=data.item_counts), data
+    return config, build_model(RunSettings.from_config(config).spec, data), data
 
 
 def test_remap_tokens_by_string_drops_unseen_pieces() -> None:
@@ -142,7 +142,7 @@ def test_new_id_rows_follow_the_pretrained_scale(domains, tmp_path) -> None:
         {**ARCH, **TRAIN, "item_encoder": "id+text", "dataset": "src", "data_path": str(root)}
     )
     ckpt = tmp_path / "idtext.pth"
-    fit(config, ckpt)
+    train(config, ckpt)
     saved = load_checkpoint(ckpt)
     _, model, _ = _target_model(root, ckpt)
     report = transfer_weights(model, saved, dataset="tgt")
@@ -156,7 +156,7 @@ def test_new_id_rows_follow_the_pretrained_scale(domains, tmp_path) -> None:
     # The same catalog keeps its rows.
     same_config = fine_tune_config({**TRAIN, "data_path": str(root)}, "src", pretrained=ckpt)
     data = build_seq_data(same_config)
-    same = SASRecX(same_config, data.dataset, item_counts=data.item_counts)
+    same = build_model(RunSettings.from_config(same_config).spec, data)
     assert transfer_weights(same, saved, dataset="src").id_rows == "loaded"
     assert torch.equal(same.item_encoder.id.item_embedding.weight, saved["model_state"][key])
 
@@ -247,7 +247,7 @@ def test_cli_fine_tunes_and_tracks_in_mlflow(domains, tmp_path, capsys) -> None:
     argv = ["-c", str(conf), "-s", "tgt", "-o", str(out), "-l", "src", "-i", str(ckpt)]
     assert fine_tune_main([*argv, "--data-path", str(root), "--tracking-uri", uri]) == 0
     (run,) = search_runs("fine_tune-tgt", uri)
-    assert run["run_name"] == "sasrecx-d8-l1-text-tgt-frozen_embeddings-s2020"
+    assert run["run_name"] == "sasrec-d8-l1-h2-text-tgt-frozen_embeddings-s2020"
     assert run["params"]["transfer_unseen_pieces"] == "6.0"
     assert run["metrics"]["transfer_unseen_pieces"] == 6.0
     assert run["metrics"]["transfer_items_without_known_pieces"] == 1.0

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 
-from recbole_fork.config import build_config
-from recbole_fork.models.wukong import WukongBackbone, WukongSeq, fm_naive, fm_optimized
+from recbole_fork.models.wukong import (
+    WukongBackbone,
+    WukongSeq,
+    WukongSettings,
+    fm_naive,
+    fm_optimized,
+)
 from recbole_fork.params import count_parameters
+from recbole_fork.settings import ConfigError
+from tests.conftest import assert_backbone_learns, backbone_settings, tiny_fork_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,7 +44,7 @@ TINY = dict(
 
 def tiny_backbone(**overrides) -> WukongBackbone:
     torch.manual_seed(0)
-    return WukongBackbone(**{**TINY, **overrides}).eval()
+    return WukongBackbone(WukongSettings(**{**TINY, **overrides})).eval()
 
 
 def tiny_batch():
@@ -151,49 +157,24 @@ def test_flops_per_token_closed_form():
 
 
 def test_defaults_from_yaml_and_describe():
-    config = yaml.safe_load(WUKONG_YAML.read_text())
-    assert WukongBackbone.from_config(config).describe() == "wukong-d64-l3-f16-l16-k24"
-    del config["fmb_rank"]
-    with pytest.raises(KeyError, match="fmb_rank"):
-        WukongBackbone.from_config(config)
-    with pytest.raises(ValueError, match="head_mlp_sizes"):
-        WukongBackbone(**{**TINY, "head_mlp_sizes": [0]})
+    defaults = backbone_settings("WukongSeq")
+    assert set(yaml.safe_load(WUKONG_YAML.read_text())) <= {*defaults.as_dict(), "loss_type"}
+    assert WukongBackbone(defaults).describe() == "wukong-d64-l3-w16-f16-c16-k24"
+    config = {k: v for k, v in TINY.items() if k != "fmb_rank"}
+    with pytest.raises(ConfigError, match="config key 'fmb_rank' is missing"):
+        WukongSettings.from_mapping(config)
+    with pytest.raises(ConfigError, match="head_mlp_sizes"):
+        WukongSettings(**{**TINY, "head_mlp_sizes": (0,)})
 
 
 def test_few_training_steps_lower_sampled_softmax_loss():
-    torch.manual_seed(0)
-    n_items, seq_len = 30, 6
-    backbone = WukongBackbone(**{**TINY, "hidden_dropout_prob": 0.1})
-    items = torch.nn.Embedding(n_items, 8)
-    # Each user walks the catalogue in steps of 1 from a random start: learnable next item.
-    start = torch.randint(1, n_items - seq_len - 1, (16, 1))
-    seq = start + torch.arange(seq_len + 1)
-    inputs, targets = seq[:, :-1], seq[:, 1:]
-    mask = torch.ones_like(inputs, dtype=torch.bool)
-    opt = torch.optim.Adam([*backbone.parameters(), *items.parameters()], lr=1e-2)
-
-    def loss_fn(generator: torch.Generator) -> torch.Tensor:
-        user = backbone(items(inputs), mask)  # [B, L, D]
-        negatives = torch.randint(1, n_items, (8,), generator=generator)  # shared by the batch
-        pos = (user * items(targets)).sum(-1, keepdim=True)  # [B, L, 1]
-        neg = user @ items(negatives).T  # [B, L, 8]
-        logits = torch.cat([pos, neg], dim=-1)
-        logits[..., 1:] = logits[..., 1:].masked_fill(negatives == targets[..., None], -1e9)
-        return F.cross_entropy(logits.flatten(0, 1), torch.zeros(logits.shape[0] * seq_len).long())
-
-    backbone.eval()
-    with torch.no_grad():
-        first = loss_fn(torch.Generator().manual_seed(5)).item()
-    backbone.train()
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(30):
-        opt.zero_grad()
-        loss_fn(gen).backward()
-        opt.step()
-    backbone.eval()
-    with torch.no_grad():
-        last = loss_fn(torch.Generator().manual_seed(5)).item()
-    assert last < 0.5 * first
+    assert_backbone_learns(
+        lambda: WukongBackbone(WukongSettings(**{**TINY, "hidden_dropout_prob": 0.1})),
+        normalize=False,
+        temperature=1.0,
+        with_time=False,
+        optimizer=torch.optim.Adam,
+    )
 
 
 # ----- the WukongSeq model: item encoder + backbone + loss (recbole_fork.models.base) ------
@@ -201,21 +182,8 @@ def test_few_training_steps_lower_sampled_softmax_loss():
 N_ITEMS = 12
 
 
-class _Dataset:
-    """The attributes of a RecBole dataset that the model reads: 11 items, ids only."""
-
-    dataset_name = "tiny"
-    iid_field = "item_id"
-    hist_items = np.arange(1, N_ITEMS)  # every item once: uniform counts
-
-    def num(self, field: str) -> int:
-        return N_ITEMS
-
-
 def tiny_model(**overrides) -> WukongSeq:
-    settings = {"model": "WukongSeq", "dataset": "tiny", **TINY, "num_negatives": 4}
-    torch.manual_seed(0)
-    return WukongSeq(build_config({**settings, "use_gpu": False, **overrides}), _Dataset()).eval()
+    return tiny_fork_model("WukongSeq", N_ITEMS, **{**TINY, "num_negatives": 4, **overrides})
 
 
 def model_batch():
@@ -229,7 +197,7 @@ def test_model_counts_and_describe():
     counts = count_parameters(model)
     assert counts.embedding == N_ITEMS * 8 == 96
     assert counts.non_embedding == 2243  # the backbone's closed form above
-    assert model.describe() == "wukong-d8-l2-f2-l3-k4-id"
+    assert model.describe() == "wukong-d8-l2-w3-f2-c3-k4-id"
     assert model.normalize is False
     assert model.flops_per_token() == 5552
 

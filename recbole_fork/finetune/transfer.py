@@ -28,11 +28,12 @@ from torch import nn
 
 from recbole_fork.checkpoint import CheckpointError
 from recbole_fork.encoders import IdItemEncoder, IdTextItemEncoder, TextItemEncoder
+from recbole_fork.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class TransferError(ValueError):
+class TransferError(UserError):
     """A checkpoint that does not fit the configured model (one-line message)."""
 
 

@@ -1,0 +1,215 @@
+"""One run assembly, used by pre-training, fine-tuning and sweeps alike.
+
+Check, seed, load data, build the model, move it; then open the tracked run and log its
+params and artifacts. ``recbole_fork.run.pre_train`` and the fine-tuning recipe
+(``recbole_fork.finetune``) are thin sequences of these steps, so a run is assembled in one
+place only:
+
+    settings = RunSettings.from_config(config)       # every key checked, nothing loaded yet
+    built = assemble(config, settings, dist)         # seed, data, model on its device
+    with open_tracked_run(settings, ...) as tracker: # MLflow run, params, artifacts
+        trainer = SeqTrainer(built.model, built.data, ...)
+        result = trainer.fit()
+
+Seeding order (it fixes every random number of a run, so it never changes silently):
+``init_seed`` before loading the data, again before building the model (the weights must
+not depend on how much randomness loading consumed), then per-rank dropout streams in a
+data-parallel run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recbole_fork.distributed import SINGLE, DistEnv
+from recbole_fork.settings import ModelSpec, RunSettings
+
+logger = logging.getLogger("recbole_fork")
+
+
+@dataclass
+class Built:
+    """What ``assemble`` returns: the data, the model on its device, and where it runs."""
+
+    data: Any  # SeqData
+    model: torch.nn.Module  # ForkSeqModel
+    device: torch.device
+
+
+def seed(settings: RunSettings) -> None:
+    """Seed python, numpy and torch (RecBole's ``init_seed``: also cuDNN determinism)."""
+    from recbole.utils import init_seed
+
+    init_seed(settings.seed, settings.training.reproducibility)
+
+
+def build_model(spec: ModelSpec, data) -> torch.nn.Module:
+    """A fork model over ``data``'s catalog, its negatives drawn from the training counts."""
+    from recbole_fork.data import catalog_from_dataset
+    from recbole_fork.models import get_model_class
+
+    fields = spec.encoder.text_fields if spec.encoder.uses_text else ()
+    catalog = catalog_from_dataset(data.dataset, fields)
+    return get_model_class(spec.model)(spec, catalog, item_counts=data.item_counts)
+
+
+def assemble(config: Any, settings: RunSettings, dist: DistEnv | None = None) -> Built:
+    """Seed, load the data, build the model and move it to its device.
+
+    Args:
+        config: the run's RecBole ``Config`` (the data loader's edge: where the files are).
+        settings: ``RunSettings.from_config(config)``, already checked.
+        dist: this process's place in a data-parallel run (default: one process).
+
+    Raises:
+        DataError: no usable dataset; ConfigError: settings that do not fit the data (more
+            negatives than items, missing text fields); DistributedError: a batch the world
+            size does not divide.
+    """
+    from recbole_fork.data import build_seq_data
+    from recbole_fork.trainer import RANK_SEED
+
+    dist = dist or SINGLE
+    dist.local_batch_size(settings.training.train_batch_size)  # raises before any data loads
+    seed(settings)
+    data = build_seq_data(config, settings.data)  # names the dataset when it is unusable
+    device = torch.device(settings.device)
+    if data.pin_memory and device.type != "cuda":
+        data.pin_memory = False  # pinned pages only help host-to-GPU copies
+    seed(settings)
+    model = build_model(settings.spec, data).to(device)
+    if dist.enabled:
+        # Same initial weights on every rank (DDP broadcasts rank 0's anyway); then each
+        # rank its own dropout stream.
+        torch.manual_seed(settings.seed + RANK_SEED * dist.rank)
+    return Built(data=data, model=model, device=device)
+
+
+def run_params(settings: RunSettings, model, data, run_name: str | None) -> dict[str, Any]:
+    """The params every run of a fork model logs: the resolved config, the parameter and
+    FLOPs counts, the dataset's sizes and the evaluation protocol.
+
+    ``dataset_users`` / ``dataset_items`` count real users and items: ``SeqData``'s
+    ``n_users`` / ``n_items`` include the padding id 0, which is subtracted here.
+    """
+    from recbole_fork.evaluation import parse_eval_mode
+    from recbole_fork.params import count_parameters
+
+    kind, n = parse_eval_mode(settings.evaluation.eval_mode)
+    return {
+        **settings.resolved,
+        **count_parameters(model).as_dict(),
+        "flops_per_token": model.flops_per_token(),
+        "dataset_users": data.n_users - 1,
+        "dataset_items": data.n_items - 1,
+        "dataset_interactions": int(data.dataset.inter_num),
+        "train_interactions": data.num_train_interactions(),
+        "run_name": run_name,
+        "model_description": model.describe(),
+        "eval_protocol": "full" if kind == "full" else f"sampled{n} (not comparable with full)",
+    }
+
+
+@contextmanager
+def open_tracked_run(
+    settings: RunSettings,
+    *,
+    script: str,
+    run_name: str,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+) -> Iterator[Any]:
+    """The run's MLflow run (a new one, or ``run_id`` continued), with the config file and
+    the resolved config as artifacts; FINISHED, FAILED or KILLED on exit.
+
+    Experiment: the config's ``experiment``, else ``<script>-<dataset>``.
+    """
+    from recbole_fork.config import resolve_config_path
+    from recbole_fork.naming import experiment_name
+    from recbole_fork.tracking import Tracker
+
+    tracker = Tracker(
+        experiment_name(settings, script),
+        run_name,
+        tracking_uri=tracking_uri,
+        run_id=run_id,
+        tags={
+            "script": script,
+            "model": settings.model,
+            "dataset": settings.dataset,
+            **(tags or {}),
+        },
+    )
+    with tracker:
+        if config_file is not None:
+            tracker.log_artifact(resolve_config_path(config_file))
+        tracker.log_dict(dict(settings.resolved), "resolved_config.json")
+        yield tracker
+    logger.info(f"MLflow run {tracker.run_id} ({tracker.run_name}) at {tracker.uri}")
+
+
+def train(
+    config: Any,
+    checkpoint_path: str | Path,
+    *,
+    settings: RunSettings | None = None,
+    tracker=None,
+    resume: bool = False,
+    dist: DistEnv | None = None,
+) -> dict[str, float]:
+    """Assemble a fork model's run and train it; the final ``best_*`` metrics.
+
+    Logs the run's params to ``tracker`` on a fresh start (give it on rank 0 only).
+
+    Raises:
+        ConfigError, DataError, DistributedError: see ``assemble``;
+        CheckpointError, TrainingDivergedError: see ``SeqTrainer.fit``.
+    """
+    from recbole_fork.trainer import SeqTrainer
+
+    dist = dist or SINGLE
+    settings = settings or RunSettings.from_config(config)
+    built = assemble(config, settings, dist)
+    trainer = SeqTrainer(
+        built.model,
+        built.data,
+        training=settings.training,
+        evaluation=settings.evaluation,
+        checkpoint_path=checkpoint_path,
+        device=built.device,
+        tracker=tracker,
+        dist=dist,
+        meta=checkpoint_meta(settings),
+    )
+    if tracker is not None and not resume:
+        params = run_params(settings, built.model, built.data, getattr(tracker, "run_name", None))
+        params["world_size"] = dist.world_size
+        params["train_batch_size_per_rank"] = trainer.batch_size
+        tracker.log_params(params)
+    return trainer.fit(resume=resume)
+
+
+def checkpoint_meta(settings: RunSettings) -> dict[str, Any]:
+    """What every checkpoint of the run records besides the trainer's state."""
+    return {"config": dict(settings.resolved), "model": settings.model}
+
+
+__all__ = [
+    "Built",
+    "assemble",
+    "build_model",
+    "checkpoint_meta",
+    "open_tracked_run",
+    "run_params",
+    "seed",
+    "train",
+]
