@@ -20,6 +20,7 @@ from torch import nn
 
 from recbole_fork import compat
 from recbole_fork.encoders import Catalog, TextItemEncoder, build_item_encoder
+from recbole_fork.flops import FlopCount, StepShape, step_flops
 from recbole_fork.losses import build_loss
 from recbole_fork.sampling import build_sampler
 from recbole_fork.settings import ModelSpec, Settings
@@ -50,6 +51,10 @@ class ForkSeqModel(SequentialRecommender):
 
     settings_class: type[Settings]
     backbone_class: type[nn.Module]
+    # What the last training_loss / eval_step ran (see last_step_shape); class-level
+    # defaults so that a model that has not run a step reads None.
+    _pending_step: tuple | None = None
+    _last_step: StepShape | None = None
 
     def __init__(
         self, spec: ModelSpec, catalog: Catalog, item_counts: np.ndarray | None = None
@@ -146,6 +151,7 @@ class ForkSeqModel(SequentialRecommender):
             # Full softmax: the whole catalog is embedded once and everything indexes into it.
             all_emb = self.item_encoder(torch.arange(self.n_items, device=item_seq.device))
             all_n = self._norm(all_emb)  # [n_items, D]
+            self._n_embedded = self.n_items
             return all_emb[item_seq], all_n[pos_ids], None, None, all_n
         neg_ids = self.sampler.sample(pos_ids, generator).to(pos_ids.device)  # [K] or [N, K]
         n, k = pos_ids.numel(), neg_ids.numel()
@@ -154,6 +160,7 @@ class ForkSeqModel(SequentialRecommender):
             return_inverse=True,
         )
         emb = self.item_encoder(uniq)  # [U, D]: each needed item embedded exactly once
+        self._n_embedded = uniq.numel()  # the size is known on the host once unique returns
         x = emb[inverse[n + k :]].view(*item_seq.shape, -1)  # [B, L, D]
         cand = self._norm(emb)  # normalise the U unique rows once, not the gathered [N, K, D]
         pos_emb = cand[inverse[:n]]  # [N, D]
@@ -198,6 +205,7 @@ class ForkSeqModel(SequentialRecommender):
         loss = self._score(user, pos_ids, pos_emb, neg_ids, neg_emb, all_emb)
         if "loss_scale" in batch:  # bucketed batches: the batch's share of the epoch's positions
             loss = loss * batch["loss_scale"]
+        self._record_step(item_seq, pos_ids.numel(), neg_ids)
         return loss
 
     def eval_step(
@@ -212,7 +220,63 @@ class ForkSeqModel(SequentialRecommender):
         x, pos_emb, neg_ids, neg_emb, all_emb = self._embed_step(item_seq, target, generator)
         states = self._contextualise(x, item_seq, batch.get("time_seq"))  # [B, L, D]
         user = self._norm(self.gather_indexes(states, (batch["seq_len"] - 1).clamp(min=0)))
-        return user, self._score(user, target, pos_emb, neg_ids, neg_emb, all_emb)
+        loss = self._score(user, target, pos_emb, neg_ids, neg_emb, all_emb)
+        self._record_step(item_seq, target.numel(), neg_ids)
+        return user, loss
+
+    # ----- compute of the last step (recbole_fork.flops) ----------------------------------
+
+    def _record_step(
+        self, item_seq: torch.Tensor, n_supervised: int, neg_ids: torch.Tensor | None
+    ) -> None:
+        """Keep what the step just run had, for ``last_step_shape`` / ``last_step_flops``.
+
+        Everything is a host integer already (shapes, ``numel``, the size of
+        ``torch.unique``'s output) except the real-position count, which stays a 0-dim
+        tensor until it is read, so that recording costs no GPU sync.
+        """
+        self._pending_step = (
+            tuple(item_seq.shape),
+            (item_seq > 0).sum(),  # [] real positions, read lazily
+            int(n_supervised),
+            int(self._n_embedded),
+            None if neg_ids is None else tuple(neg_ids.shape),
+        )
+        self._last_step = None
+
+    @property
+    def last_step_shape(self) -> StepShape | None:
+        """What the last ``training_loss`` or ``eval_step`` ran: batch size, trimmed width,
+        real and supervised positions, ids embedded, negatives' shape or catalog; None
+        before the first step.
+
+        The first read after a step fetches the real-position count from the device (one
+        small copy; read it after the loss value has been fetched and it is already there).
+        """
+        if self._last_step is None and self._pending_step is not None:
+            (batch_size, width), n_real, n_supervised, n_embedded, negatives = self._pending_step
+            self._last_step = StepShape(
+                batch_size=batch_size,
+                width=width,
+                n_real=int(n_real),
+                n_supervised=n_supervised,
+                n_embedded=n_embedded,
+                negatives=negatives,
+                catalog=self.n_items if negatives is None else None,
+            )
+            self._pending_step = None
+        return self._last_step
+
+    @property
+    def last_step_flops(self) -> FlopCount | None:
+        """FORWARD FLOPs of the last ``training_loss`` or ``eval_step``, split into backbone,
+        item encoder and scoring (``recbole_fork.flops``); None before the first step.
+
+        A training step costs ``last_step_flops.training()`` (3 x forward); an evaluation
+        step is forward only (its full ranking is ``flops.ranking_flops``).
+        """
+        shape = self.last_step_shape
+        return None if shape is None else step_flops(self, shape)
 
     # ----- RecBole's model interface (thin wrappers) --------------------------------------
 

@@ -300,6 +300,27 @@ class HSTUBackbone(nn.Module):
         )
         return self.n_layers * per_layer
 
+    def forward_flops(self, batch_size: int, width: int, n_real: int) -> int:
+        """Forward FLOPs of one batch as run: ``[batch_size, width]`` (2 per multiply-add).
+
+        Every position of the batch runs, padding within the (trimmed) width included. Per
+        layer: the uvqk projection ``2 B L D (2 H dv + 2 H dqk)``, the output projection
+        ``2 B L H dv D``, and the dense ``L x L`` products ``q k^T`` ``2 B H L^2 dqk`` and
+        ``A v`` ``2 B H L^2 dv``, quadratic in the width run. Element-wise work, norms and
+        the relative bias are left out. ``n_real`` is not used. Equals
+        ``batch_size * width * flops_per_token(width)``.
+        """
+        del n_real  # padding positions run like real ones (and are zeroed afterwards)
+        b, n, d, h = batch_size, width, self.hidden_size, self.n_heads
+        dv, dq = self.linear_dim, self.attention_dim
+        per_layer = (
+            2 * b * n * d * (2 * h * dv + 2 * h * dq)  # uvqk projection
+            + 2 * b * h * n * n * dq  # q k^T
+            + 2 * b * h * n * n * dv  # A v
+            + 2 * b * n * h * dv * d  # Linear_o
+        )
+        return self.n_layers * per_layer
+
 
 class HSTU(ForkSeqModel):
     """HSTU backbone + the fork's item encoders, single-pass sampled losses and evaluation.

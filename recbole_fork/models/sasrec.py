@@ -227,6 +227,20 @@ class SASRecBackbone(nn.Module):
         per_block = 8 * d * d + 4 * seq_len * d + 4 * d * i
         return self.n_layers * per_block
 
+    def forward_flops(self, batch_size: int, width: int, n_real: int) -> int:
+        """Forward FLOPs of one batch as run: ``[batch_size, width]`` (2 per multiply-add).
+
+        Every position of the batch runs, padding within the (trimmed) width included. Per
+        block: q, k, v, out projections ``4 * 2 * B L D^2``; feed-forward ``2 * 2 * B L D I``;
+        scores ``q k^T`` and their weighted sum of ``v``, ``2 * 2 * B L^2 D`` over all heads,
+        quadratic in the width run (SDPA computes the masked entries too). ``n_real`` is not
+        used. Equals ``batch_size * width * flops_per_token(width)``.
+        """
+        del n_real  # padding positions run like real ones
+        b, n, d, i = batch_size, width, self.hidden_size, self.inner_size
+        per_block = 8 * b * n * d * d + 4 * b * n * d * i + 4 * b * n * n * d
+        return self.n_layers * per_block
+
 
 def _init_weights(module: nn.Module, std: float) -> None:
     """RecBole SASRec's init: N(0, std) for linear and embedding weights, zero biases."""

@@ -270,6 +270,14 @@ class WukongBackbone(nn.Module):
         total += mlp_flops([n_in * d, *self.head_mlp_sizes, d])
         return total
 
+    def forward_flops(self, batch_size: int, width: int, n_real: int) -> int:
+        """Forward FLOPs of one batch as run (2 per multiply-add): only the ``n_real`` real
+        positions go through the stack (``forward`` selects them), each at the fixed cost of
+        ``flops_per_token``; ``batch_size`` and ``width`` do not matter.
+        """
+        del batch_size, width  # padding positions are never run
+        return n_real * self.flops_per_token(0)
+
 
 def mlp_flops(sizes: Sequence[int]) -> int:
     """Matmul FLOPs of one row through linear layers of `sizes` (input first)."""
