@@ -205,6 +205,8 @@ def expected_new_ids_bound(n_present: int, n_draws: int, n_choices: int) -> floa
     absent = max(int(n_choices) - int(n_present), 0)
     if absent == 0 or n_draws <= 0:
         return 0.0
+    if absent == 1:  # log1p(-1) is undefined; the one absent id is drawn or not
+        return 1.0
     return min(float(n_draws), absent * -math.expm1(n_draws * math.log1p(-1.0 / absent)))
 
 

@@ -106,7 +106,9 @@ def run_params(settings: RunSettings, model, data, run_name: str | None) -> dict
     return {
         **settings.resolved,
         **count_parameters(model).as_dict(),
-        "flops_per_token": model.flops_per_token(),
+        # The old per-token count at max_seq_length, without scoring: an estimate only; the
+        # FLOPs a run really spends are the metrics flops / total_flops.
+        "flops_per_token_estimate": model.flops_per_token(),
         "dataset_users": data.n_users - 1,
         "dataset_items": data.n_items - 1,
         "dataset_interactions": int(data.dataset.inter_num),

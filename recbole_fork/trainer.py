@@ -61,6 +61,7 @@ from recbole_fork.distributed import (
 )
 from recbole_fork.errors import UserError
 from recbole_fork.evaluation import EvalSettings, evaluate_ranking, metric_key
+from recbole_fork.flops import TRAIN_FLOPS_MULTIPLIER, FlopCount, estimate_step_flops
 from recbole_fork.hardware import compile_backbone, resolve_peak_flops
 from recbole_fork.schedulers import SchedulerSettings, build_scheduler
 from recbole_fork.settings import ConfigError, Settings, check_choice, check_range
@@ -111,6 +112,7 @@ class TrainingSettings(Settings):
     torch_compile: bool
     peak_flops: float | None
     show_progress: bool
+    train_flops_budget: float | None  # stop when the counted training FLOPs reach it
 
     def __post_init__(self) -> None:
         check_choice("learner", self.learner.lower(), LEARNERS)
@@ -126,6 +128,9 @@ class TrainingSettings(Settings):
             raise ConfigError(
                 f"peak_flops={self.peak_flops!r}: must be a positive FLOP/s figure or null"
             )
+        budget = self.train_flops_budget
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise ConfigError(f"train_flops_budget={budget!r}: must be a positive number or null")
 
 
 # ----- the run's progress -------------------------------------------------------------------
@@ -140,6 +145,8 @@ class TrainState:
         epoch_done: last completed epoch (-1: none).
         global_step: optimizer steps taken.
         tokens_trained: real input positions trained on.
+        flops_backbone, flops_item_encoder, flops_scoring: training FLOPs spent so far
+            (forward + backward, ``recbole_fork.flops``), by part.
         best_score, best_epoch, best_metrics: the best validation so far (its ``valid_*``).
         best_state: the weights of the best epoch (None before the first evaluation).
         bad_evals: evaluations since the last improvement (early stopping).
@@ -151,6 +158,9 @@ class TrainState:
     epoch_done: int = -1
     global_step: int = 0
     tokens_trained: int = 0
+    flops_backbone: int = 0
+    flops_item_encoder: int = 0
+    flops_scoring: int = 0
     best_score: float = -math.inf
     best_epoch: int = -1
     best_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -164,6 +174,16 @@ class TrainState:
     def as_dict(self) -> dict[str, Any]:
         """Plain data for the checkpoint (``best_state`` stays a dict of tensors)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @property
+    def flops(self) -> FlopCount:
+        """The training FLOPs spent so far, by part."""
+        return FlopCount(self.flops_backbone, self.flops_item_encoder, self.flops_scoring)
+
+    def add_flops(self, count: FlopCount) -> None:
+        self.flops_backbone += count.backbone
+        self.flops_item_encoder += count.item_encoder
+        self.flops_scoring += count.scoring
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
@@ -283,11 +303,15 @@ class SeqTrainer:
         self._ddp = data_parallel(model, self.device) if self.dist.enabled else None
 
         self.optimizer = self._build_optimizer(self.model.parameters())
-        n_batches = data.num_train_batches(self.batch_size, **self._shard)
-        steps_per_epoch = math.ceil(n_batches / training.grad_accum_steps)
+        if training.train_flops_budget is None:
+            n_batches = data.num_train_batches(self.batch_size, **self._shard)
+            steps_per_epoch = math.ceil(n_batches / training.grad_accum_steps)
+            self.epochs, total_steps = training.epochs, training.epochs * steps_per_epoch
+        else:
+            self.epochs, total_steps = self._plan_budget(training.train_flops_budget)
         self.state = TrainState(
-            planned_epochs=training.epochs,
-            total_steps=max(1, training.epochs * steps_per_epoch),
+            planned_epochs=self.epochs,
+            total_steps=max(1, total_steps),
             world_size=self.dist.world_size,
         )
         self.scheduler = build_scheduler(self.optimizer, training.scheduler, self.state.total_steps)
@@ -320,6 +344,67 @@ class SeqTrainer:
     def checkpoint_extra(self) -> dict[str, Any]:
         """Extra plain data every checkpoint holds (fine-tuning: its strategy and stages)."""
         return {}
+
+    # ----- compute budget ----------------------------------------------------------------
+
+    def _plan_budget(self, budget: float) -> tuple[int, int]:
+        """Epochs and optimizer steps that spend ``budget`` training FLOPs.
+
+        Walks the data plan batch by batch (each batch's size, trimmed width, positions and
+        distinct ids are known before the epoch runs; ``TrainLoader.batch_shapes``) and adds
+        the planned training FLOPs of each step (``flops.estimate_step_flops``: exact but for
+        the ids the random negatives add, bounded in expectation) until the budget is
+        reached. The LR schedule is planned for that many steps; training then stops on the
+        FLOPs it really counts (``_budget_reached``).
+
+        Raises:
+            ConfigError: a budget that would take more than 100,000 epochs.
+        """
+        accum = self.training.grad_accum_steps
+        spent, steps = 0, 0
+        for epoch in range(100_000):
+            loader = self.data.train_loader(self.batch_size, epoch, **self._shard)
+            shapes = loader.batch_shapes()
+            for i, (b, width, n_real, n_sup, distinct) in enumerate(shapes):
+                step = estimate_step_flops(
+                    self.model,
+                    batch_size=b,
+                    width=width,
+                    n_real=n_real,
+                    n_supervised=n_sup,
+                    n_present_ids=distinct,
+                )
+                # Every rank runs batches like this one; the budget is the whole run's.
+                spent += step.total * TRAIN_FLOPS_MULTIPLIER * self.dist.world_size
+                end_of_group = (i + 1) % accum == 0 or i + 1 == len(shapes)
+                if end_of_group:
+                    steps += 1
+                    if spent >= budget:
+                        logger.info(
+                            "train_flops_budget %.4g: planned %d optimizer steps over %d epochs",
+                            budget,
+                            steps,
+                            epoch + 1,
+                        )
+                        return epoch + 1, steps
+        raise ConfigError(
+            f"train_flops_budget={budget:.4g} would take more than 100,000 epochs of this "
+            "dataset; lower it or check the units (FLOPs, not FLOP/s)"
+        )
+
+    def _budget_reached(self) -> bool:
+        """True once the run has spent its ``train_flops_budget`` (never without one).
+
+        One process stops on the FLOPs it counted. A data-parallel run stops on its planned
+        step count instead: the ranks count slightly different FLOPs (their batches differ)
+        and must stop at the same step.
+        """
+        budget = self.training.train_flops_budget
+        if budget is None:
+            return False
+        if self.dist.enabled:
+            return self.state.global_step >= self.state.total_steps
+        return self.state.flops.total >= budget
 
     # ----- optimisation ------------------------------------------------------------------
 
@@ -354,7 +439,10 @@ class SeqTrainer:
         if self.training.max_grad_norm is not None:
             clip_grad_norm_(self.model.parameters(), self.training.max_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
+        # A budgeted run may count a little fewer FLOPs per step than it planned and take a
+        # few steps more than its schedule: those run at the schedule's final LR.
+        if self.state.global_step < self.state.total_steps:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.global_step += 1
 
@@ -372,6 +460,7 @@ class SeqTrainer:
         if self.show_progress:
             batches = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", ncols=100, leave=False)
         total_loss, n_seqs, n_tokens, n_seen = 0.0, 0, 0, 0
+        flops = FlopCount()
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for i, raw in enumerate(batches):
@@ -394,20 +483,30 @@ class SeqTrainer:
                         "(resume from it with a lower learning_rate or a max_grad_norm)"
                     )
                 (loss / group).backward()
+            # What the step really ran (its trimmed width, the ids it embedded, its
+            # candidates), forward + backward; an EWC penalty's few FLOPs are not counted.
+            shape, step = self.model.last_step_shape, self.model.last_step_flops
+            flops = flops + step * TRAIN_FLOPS_MULTIPLIER
+            self.state.add_flops(step * TRAIN_FLOPS_MULTIPLIER)
             total_loss += value
             n_seen += 1
-            n_seqs += int(batch["item_seq"].shape[0])
-            n_tokens += int((batch["item_seq"] > 0).sum())
+            n_seqs += shape.batch_size
+            n_tokens += shape.n_real
             if last_of_group:
                 self._optimizer_step()
+                if self._budget_reached():
+                    break
             if self.show_progress:
                 batches.set_postfix(loss=f"{value:.4f}")
         elapsed = time.perf_counter() - start
+        parts = [flops.backbone, flops.item_encoder, flops.scoring]
         if self.dist.enabled:  # the whole run's figures: sums over the ranks
-            total_loss, n_seen, n_seqs, n_tokens = all_reduce_sum(
-                [total_loss, n_seen, n_seqs, n_tokens], self.dist
-            )
-            n_seen, n_seqs, n_tokens = int(n_seen), int(n_seqs), int(n_tokens)
+            summed = all_reduce_sum([total_loss, n_seen, n_seqs, n_tokens, *parts], self.dist)
+            total_loss, n_seen, n_seqs, n_tokens = summed[0], *map(int, summed[1:4])
+            others = [int(x) - own for x, own in zip(summed[4:], parts, strict=True)]
+            self.state.add_flops(FlopCount(*others))  # the other ranks' share
+            parts = [int(x) for x in summed[4:]]
+        flops = FlopCount(*parts)
         self.state.tokens_trained += n_tokens
         tokens_per_s = n_tokens / elapsed if elapsed > 0 else 0.0
         metrics = {
@@ -416,9 +515,10 @@ class SeqTrainer:
             "epoch_time_s": elapsed,
             "sequences_per_s": n_seqs / elapsed if elapsed > 0 else 0.0,
             "tokens_per_s": tokens_per_s,
-            # Training FLOPs ~ 3 x forward (forward + backward) per real input position
-            # (padding not counted: the useful work).
-            "achieved_flops_per_s": 3.0 * self.model.flops_per_token() * tokens_per_s,
+            **{k: float(v) for k, v in flops.as_dict("flops_").items() if k != "flops_total"},
+            "flops": float(flops.total),
+            # The FLOPs the epoch really ran (recbole_fork.flops), per second of training.
+            "achieved_flops_per_s": flops.total / elapsed if elapsed > 0 else 0.0,
         }
         if self.peak_flops is not None:
             peak = self.peak_flops * self.dist.world_size
@@ -625,7 +725,7 @@ class SeqTrainer:
             TrainingDivergedError: NaN or infinite loss.
             KeyboardInterrupt: re-raised after saying how to resume.
         """
-        epochs = self.training.epochs
+        epochs = self.epochs
         if resume:
             # CPU first: RNG states must be CPU tensors; load_state_dict moves weights over.
             self.load(load_checkpoint(self.checkpoint_path, map_location="cpu"))
@@ -644,7 +744,8 @@ class SeqTrainer:
         try:
             for epoch in range(start, epochs):
                 metrics = self._train_epoch(epoch)
-                last = epoch == epochs - 1
+                spent = self._budget_reached()  # a budgeted run ends in this epoch
+                last = epoch == epochs - 1 or spent
                 stop = False
                 if (epoch + 1) % self.training.eval_step == 0 or last:
                     metrics.update(self._evaluate_all())
@@ -656,6 +757,9 @@ class SeqTrainer:
                     logger.info(
                         "early stop at epoch %d (best epoch %d)", epoch, self.state.best_epoch
                     )
+                    break
+                if spent:
+                    logger.info("train_flops_budget spent in epoch %d", epoch)
                     break
         except KeyboardInterrupt:
             done = self.state.epoch_done
@@ -695,9 +799,12 @@ class SeqTrainer:
         test.pop("count")
         for name, value in test.items():
             final[f"best_{metric_key('test', name)}"] = value
-        # Training FLOPs ~ 3 x forward (forward + backward) per input position trained.
+        # Training FLOPs as run (recbole_fork.flops): the C of the scaling laws.
         final["total_tokens"] = float(s.tokens_trained)
-        final["total_flops"] = float(3 * self.model.flops_per_token() * s.tokens_trained)
+        final["total_flops"] = float(s.flops.total)
+        for key, value in s.flops.as_dict("total_flops_").items():
+            if key != "total_flops_total":
+                final[key] = float(value)
         self._log(final, step=None)
         s.final_metrics = final
         self.save(s.epoch_done)

@@ -296,6 +296,31 @@ class TrainLoader:
         """The epoch's batches as arrays of sample ids, in the order they are yielded."""
         return self._plan()[0]
 
+    def batch_shapes(self) -> list[tuple[int, int, int, int, int]]:
+        """What every batch of the epoch will hold, in the order they are yielded, without
+        building the batches (to plan a compute budget): ``(batch size, width, real input
+        positions, supervised positions, distinct item ids)``.
+
+        ``width`` is the trimmed width (the longest real row) with ``trim_padding``, else
+        ``max_seq_length``. The distinct ids are those of the windows' inputs and targets,
+        plus the padding id 0 when a row is shorter than the width: the ids a training step
+        embeds before its negatives.
+        """
+        d = self.data
+        out = []
+        for g in self._plan()[0]:
+            _, start, length = self._slices(g)
+            n_in = length - 1  # a window of n items has n - 1 inputs
+            width = int(n_in.max()) if d.trim_padding else d.max_seq_length
+            supervised = int(n_in.sum()) if d.train_mode == "all_positions" else len(g)
+            # Every item of every window: inputs are its first n - 1, targets its last n - 1
+            # (or the last one alone), together the whole window.
+            ends = np.cumsum(length)
+            flat = np.repeat(start - (ends - length), length) + np.arange(int(ends[-1]))
+            distinct = len(np.unique(d._items[flat])) + int(bool((n_in < width).any()))
+            out.append((len(g), max(width, 1), int(n_in.sum()), supervised, distinct))
+        return out
+
     def _plan(self) -> tuple[list[np.ndarray], list[int] | None]:
         """The epoch's batches, and with bucketing their supervised positions.
 

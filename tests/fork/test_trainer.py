@@ -12,6 +12,7 @@ import torch
 from recbole_fork.checkpoint import load_checkpoint
 from recbole_fork.data import DataError, build_seq_data
 from recbole_fork.errors import UserError
+from recbole_fork.flops import TRAIN_FLOPS_MULTIPLIER, step_flops
 from recbole_fork.models.sasrec import SASRecX
 from recbole_fork.session import build_model, train
 from recbole_fork.settings import RunSettings
@@ -232,6 +233,7 @@ def test_checkpoint_contents_and_logged_names(tmp_path, monkeypatch):
     assert epoch0["train_loss"] == trained[0] != epoch0["train_eval_loss"]
     assert set(result) == {
         "best_epoch", "best_valid_loss", "best_test_loss", "total_flops", "total_tokens",
+        "total_flops_backbone", "total_flops_item_encoder", "total_flops_scoring",
         *(f"best_{p}_{m}_at_10" for p in ("valid", "test") for m in ("hr", "ndcg", "mrr")),
     }  # fmt: skip
     assert tracker.params["params_embedding"] == 26 * 16  # 25 items + padding, D = 16
@@ -348,3 +350,63 @@ def test_text_encoder_run_keeps_vocabulary(tmp_path):
     assert sorted(state["vocab"]["brand"][1:]) == ["brand0", "brand1", "brand2"]
     # No per-item rows: the embedding parameters are the two token tables only.
     assert tracker.params["params_embedding"] == (6 + 4) * 4
+
+
+# ----- compute as spent, and compute budgets --------------------------------------------------
+
+
+def test_logged_flops_are_the_sum_of_what_each_step_ran(tmp_path, monkeypatch):
+    """Each epoch's ``flops`` is 3 x the forward FLOPs every batch recorded (its trimmed width,
+    its embedded ids, its negatives), and ``total_flops`` their sum over the epochs."""
+    steps: list[int] = []
+    original = SASRecX.training_loss
+
+    def recording(self, batch, generator=None):
+        loss = original(self, batch, generator)
+        count = self.last_step_flops
+        assert count == step_flops(self, self.last_step_shape)
+        # The trimmed batch: the width the step ran is the longest real row.
+        assert self.last_step_shape.width == int((batch["item_seq"] > 0).sum(1).max())
+        steps.append(count.total * TRAIN_FLOPS_MULTIPLIER)
+        return loss
+
+    monkeypatch.setattr(SASRecX, "training_loss", recording)
+    tracker = RecordingTracker()
+    result = train(_config(_write_dataset(tmp_path), epochs=2), tmp_path / "f.pth", tracker=tracker)
+    per_epoch = [tracker.at(e)["flops"] for e in (0, 1)]
+    assert sum(per_epoch) == sum(steps) == result["total_flops"]
+    parts = ("total_flops_backbone", "total_flops_item_encoder", "total_flops_scoring")
+    assert sum(result[k] for k in parts) == result["total_flops"]
+    assert result["total_flops_scoring"] > 0 and result["total_flops_backbone"] > 0
+
+
+@pytest.mark.parametrize("item_encoder", ["id", "text"])
+def test_budgeted_run_stops_within_one_step_of_its_budget(tmp_path, item_encoder):
+    root = _write_dataset(tmp_path, n_users=60)
+    extra = {}
+    if item_encoder == "text":
+        rows = [f"i{i}\tw{i % 7} w{i % 5}\tb{i % 3}" for i in range(1, 26)]
+        (root / "tiny" / "tiny.item").write_text(
+            "item_id:token\ttitle:token_seq\tbrand:token_seq\n" + "\n".join(rows) + "\n"
+        )
+        extra = {
+            "item_encoder": "text",
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title", "brand"]},
+        }  # fmt: skip
+    one_epoch = RecordingTracker()
+    train(_config(root, epochs=1, **extra), tmp_path / "one.pth", tracker=one_epoch)
+    budget = 2.5 * one_epoch.at(0)["flops"]  # two and a half epochs' worth
+    tracker = RecordingTracker()
+    ckpt = tmp_path / "budget.pth"
+    result = train(
+        _config(root, epochs=1, train_flops_budget=budget, **extra), ckpt, tracker=tracker
+    )
+    state = load_checkpoint(ckpt)["state"]
+    steps = state["global_step"]
+    per_step = result["total_flops"] / steps
+    # Stopped at the first step that reached the budget: within one step of it.
+    assert budget <= result["total_flops"] < budget + 1.5 * per_step
+    assert state["epoch_done"] == 2 and result["best_epoch"] in (0, 1, 2)  # the third epoch
+    # The LR schedule was planned for about the steps the budget buys (the plan bounds the
+    # ids the negatives add, so it may plan a few steps fewer than the run takes).
+    assert 0.8 * steps <= state["total_steps"] <= steps
