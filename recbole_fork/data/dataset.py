@@ -10,6 +10,7 @@ interaction frame is turned into three flat arrays right after loading and then 
   sorted by time (stable: ties keep the order of the loaded frame, i.e. file order unless
   ``rm_dup_inter`` re-sorted it);
 * ``hist_times`` int64 [nnz]: the matching unix seconds (0 when no time field is loaded);
+* ``hist_seconds`` float64 [nnz]: the same times as the file gives them (fractions kept);
 * ``hist_offsets`` int64 [user_num + 1]: user ``u`` owns ``[offsets[u], offsets[u + 1])``.
 """
 
@@ -80,6 +81,7 @@ class SeqDataset(Dataset):
 
     hist_items: np.ndarray
     hist_times: np.ndarray
+    hist_seconds: np.ndarray
     hist_offsets: np.ndarray
 
     def _get_load_and_unload_col(self, source):
@@ -183,7 +185,10 @@ class SeqDataset(Dataset):
         order = np.argsort(ts, kind="stable")
         order = order[np.argsort(uid[order], kind="stable")]
         self.hist_items = iid[order]
-        self.hist_times = np.rint(ts[order]).astype(np.int64)
+        # The file's own values (milliseconds kept) for the temporal split; whole seconds for
+        # the models (HSTU's time buckets).
+        self.hist_seconds = ts[order]
+        self.hist_times = np.rint(self.hist_seconds).astype(np.int64)
         counts = np.bincount(uid, minlength=self.user_num).astype(np.int64)
         self.hist_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.hist_offsets[1:])

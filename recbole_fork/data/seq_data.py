@@ -1,12 +1,14 @@
 """``SeqData``: the leave-one-out split and the data loaders of one run.
 
-Split (RecBole's ``eval_args: {split: {LS: valid_and_test}, order: TO}``): for a user with
+Split (``recbole_fork/data/split.py``, the ``split`` settings): leave-one-out by default
+(RecBole's ``eval_args: {split: {LS: valid_and_test}, order: TO}``): for a user with
 ``n >= 3`` interactions in time order, item ``n - 2`` is the valid target, item ``n - 1``
 the test target, and items ``0 .. n - 3`` are training data. A user with fewer than 3
 interactions has nothing to hold out: all of their items are training data and they are
 never evaluated (counted in ``n_short_users``). RecBole would instead make the second item
 of a 2-interaction user a test target without a valid one; we keep valid and test on the
-same users so the two are comparable.
+same users so the two are comparable. Or a global temporal split (``split: {type: time,
+valid_cut, test_cut}``): see ``split.py``.
 
 Loaders yield the dict batches of DESIGN.md ("Item ids and batches"). Nothing is stored per
 sample: a sample is an index into the cumulative per-user sample counts (see ``windows``).
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recbole_fork.data.split import SplitSettings, make_split
 from recbole_fork.data.windows import (
     TRAIN_MODES,
     gather_eval,
@@ -56,6 +59,7 @@ class DataSettings(Settings):
     eval_by_length: bool
     train_bucket_batches: int  # 0 = plain shuffled batches
     seed: int  # shuffles and the train-phase evaluation sample
+    split: SplitSettings  # leave_one_out or a global temporal split (data/split.py)
 
     def __post_init__(self) -> None:
         check_choice("train_mode", self.train_mode, TRAIN_MODES)
@@ -90,7 +94,8 @@ class SeqData:
         n_users: user ids including padding 0 (``dataset.user_num``).
         item_counts: int64 [n_items], occurrences of each item in the training split
             (0 for padding and for items seen only as valid / test targets).
-        n_short_users: users with 1 or 2 interactions (training only, never evaluated).
+        n_short_users: users evaluated on no phase (leave-one-out: 1 or 2 interactions).
+        split: the ``Split`` (training prefix per user, valid and test users and targets).
         max_seq_length, train_mode, train_window_stride, seed, trim_padding,
             bucket_batches, eval_by_length: the settings in use (``properties/data.yaml``).
     """
@@ -118,14 +123,23 @@ class SeqData:
         self._offsets = dataset.hist_offsets  # [n_users + 1]
         n = np.diff(self._offsets)  # [n_users], interactions per user
         self._n = n
-        evaluated = n >= 3
-        self._train_len = np.where(evaluated, n - 2, n)  # [n_users]
+        self.split = make_split(settings.split, self._offsets, dataset.hist_seconds)
+        self._train_len = self.split.train_len  # [n_users]
+        evaluated = np.zeros(len(n), dtype=bool)
+        evaluated[self.split.valid_users] = True
+        evaluated[self.split.test_users] = True
         self.n_short_users = int(((n > 0) & ~evaluated).sum())
-        self._eval_users = np.flatnonzero(evaluated).astype(np.int64)
-        if len(self._eval_users) == 0:
+        if len(self.split.valid_users) == 0 or len(self.split.test_users) == 0:
+            if settings.split.type == "leave_one_out":
+                raise DataError(
+                    f"dataset {self.name!r}: no user has the 3 interactions needed for a valid "
+                    f"and a test item ({self.n_short_users} users have fewer); nothing to evaluate"
+                )
             raise DataError(
-                f"dataset {self.name!r}: no user has the 3 interactions needed for a valid and "
-                f"a test item ({self.n_short_users} users have fewer); nothing to evaluate"
+                f"dataset {self.name!r}: the time split at {self.split.cuts} leaves "
+                f"{len(self.split.valid_users)} valid and {len(self.split.test_users)} test "
+                "users (a user needs an interaction in the period and one before it); move "
+                "the cuts"
             )
 
         # Position of every interaction inside its user's history -> training-split mask.
@@ -149,15 +163,16 @@ class SeqData:
         # Train-phase evaluation: as many users as the valid set (or every eligible user),
         # drawn once from the seed so that every epoch scores the same users.
         eligible = np.flatnonzero(self._train_len >= 2).astype(np.int64)
-        size = min(len(self._eval_users), len(eligible))
+        size = min(len(self.split.valid_users), len(eligible))
         rng = np.random.default_rng([self.seed, 0x7EA1])
         self._train_eval_users = np.sort(rng.choice(eligible, size=size, replace=False))
         logger.info(
-            "dataset %s: %d users (%d evaluated, %d with < 3 interactions: training only), "
+            "dataset %s: %d users (%d valid, %d test, %d never evaluated: training only), "
             "%d items, %d interactions (%d in training), %d training samples (%s, L=%d, stride=%d)",
             self.name,
             int((n > 0).sum()),
-            len(self._eval_users),
+            len(self.split.valid_users),
+            len(self.split.test_users),
             self.n_short_users,
             self.n_items - 1,
             len(self._items),
@@ -195,14 +210,19 @@ class SeqData:
         Raises:
             ValueError: unknown phase (valid ones listed) or bad shard.
         """
+        users, _ = self._phase(phase)
         _check_shard(rank, world_size)
-        if phase in ("valid", "test"):
-            users = self._eval_users
-        elif phase == "train":
-            users = self._train_eval_users
-        else:
-            raise ValueError(f"phase={phase!r} is not one of {list(EVAL_PHASES)}")
         return users[users % world_size == rank]
+
+    def _phase(self, phase: str) -> tuple[np.ndarray, np.ndarray]:
+        """All users of ``phase`` (ascending) and their targets' positions."""
+        if phase == "valid":
+            return self.split.valid_users, self.split.valid_pos
+        if phase == "test":
+            return self.split.test_users, self.split.test_pos
+        if phase == "train":
+            return self._train_eval_users, self._train_len[self._train_eval_users] - 1
+        raise ValueError(f"phase={phase!r} is not one of {list(EVAL_PHASES)}")
 
     # ----- loaders -------------------------------------------------------------------------
 
@@ -236,13 +256,10 @@ class SeqData:
             ValueError: unknown phase, batch size below 1 or bad shard.
         """
         _check_batch_size(batch_size)
-        users = self.eval_users(phase, rank=rank, world_size=world_size)
-        if phase == "valid":
-            target_pos = self._n[users] - 2
-        elif phase == "test":
-            target_pos = self._n[users] - 1
-        else:
-            target_pos = self._train_len[users] - 1
+        _check_shard(rank, world_size)
+        users, target_pos = self._phase(phase)
+        mine = users % world_size == rank
+        users, target_pos = users[mine], target_pos[mine]
         if self.eval_by_length:
             order = np.argsort(np.minimum(target_pos, self.max_seq_length), kind="stable")
             users, target_pos = users[order], target_pos[order]
