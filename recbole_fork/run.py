@@ -78,6 +78,8 @@ def pre_train(
         DistributedError: a stock RecBole model under torchrun, or a ``train_batch_size``
             that the world size does not divide.
     """
+    from recbole_fork.session import open_tracked_run, train
+
     dist = dist or DistEnv.from_environ()
     setup_logging(logging.INFO if dist.is_main else logging.WARNING)
     settings = RunSettings.from_config(config)  # every key checked before anything loads
@@ -90,63 +92,33 @@ def pre_train(
         dist.local_batch_size(settings.training.train_batch_size)
     run_id = resume_run_id(checkpoint_path, resume)
     with process_group(dist, settings.device):
-        if not settings.is_fork_model:
-            return _train_stock(
-                config, settings, checkpoint_path, resume, tracking_uri, script, run_id, config_file
-            )
-        return _train_fork(
-            config,
+        if not dist.is_main:  # trains and evaluates its shard; logs nothing, writes nothing
+            return train(config, checkpoint_path, settings=settings, resume=resume, dist=dist)
+        with open_tracked_run(
             settings,
-            checkpoint_path,
-            resume,
-            tracking_uri,
-            config_file,
-            script,
-            run_id,
-            dist,
-        )
-
-
-def _train_fork(
-    config: ForkConfig,
-    settings: RunSettings,
-    checkpoint_path: str | Path,
-    resume: bool,
-    tracking_uri: str | None,
-    config_file: str | Path | None,
-    script: str,
-    run_id: str | None,
-    dist: DistEnv,
-) -> dict[str, Any]:
-    """A fork model: open the tracked run (rank 0 only), assemble and train it."""
-    from recbole_fork.session import open_tracked_run, train
-
-    if not dist.is_main:  # trains and evaluates its shard; logs nothing, writes nothing
-        return train(config, checkpoint_path, settings=settings, resume=resume, dist=dist)
-    with open_tracked_run(
-        settings,
-        script=script,
-        run_name=run_name(settings),
-        tracking_uri=tracking_uri,
-        run_id=run_id,
-        config_file=config_file,
-    ) as tracker:
-        result = train(
-            config, checkpoint_path, settings=settings, tracker=tracker, resume=resume, dist=dist
-        )
-        tracker.log_dict(result, "final_metrics.json")
-    return result
+            script=script,
+            run_name=run_name(settings),
+            tracking_uri=tracking_uri,
+            run_id=run_id,
+            config_file=config_file,
+        ) as tracker:
+            if settings.is_fork_model:
+                result = train(
+                    config,
+                    checkpoint_path,
+                    settings=settings,
+                    tracker=tracker,
+                    resume=resume,
+                    dist=dist,
+                )
+            else:
+                result = _train_stock(config, settings, checkpoint_path, tracker, resume)
+            tracker.log_dict(result, "final_metrics.json")
+        return result
 
 
 def _train_stock(
-    config: ForkConfig,
-    settings: RunSettings,
-    checkpoint_path: str | Path,
-    resume: bool,
-    tracking_uri: str | None,
-    script: str,
-    run_id: str | None,
-    config_file: str | Path | None,
+    config: ForkConfig, settings: RunSettings, checkpoint_path: str | Path, tracker, resume: bool
 ) -> dict[str, Any]:
     """RecBole's own data pipeline and model, through ``StockTrainer`` (the RecBole edge:
     RecBole's model and trainer read its ``Config`` themselves)."""
@@ -155,52 +127,42 @@ def _train_stock(
 
     from recbole_fork.models import get_model_class
     from recbole_fork.params import count_parameters
-    from recbole_fork.session import open_tracked_run
     from recbole_fork.stock_trainer import StockTrainer
 
-    with open_tracked_run(
-        settings,
-        script=script,
-        run_name=run_name(settings),
-        tracking_uri=tracking_uri,
-        run_id=run_id,
-        config_file=config_file,
-    ) as tracker:
-        init_seed(config["seed"], config["reproducibility"])
-        dataset = create_dataset(config)
-        train_data, valid_data, test_data = data_preparation(config, dataset)
-        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-        model = get_model_class(config["model"])(config, train_data._dataset).to(config["device"])
-        counts = count_parameters(model)
-        tracker.log_params(
-            {
-                **settings.resolved,
-                **counts.as_dict(),
-                "dataset_users": dataset.user_num - 1,
-                "dataset_items": dataset.item_num - 1,
-                "dataset_interactions": dataset.inter_num,
-                "run_name": tracker.run_name,
-            }
-        )
-        logger.info(f"{config['model']}: {counts}")
-        trainer = StockTrainer(
-            config, model, checkpoint_path, tracker, scheduler=settings.training.scheduler
-        )
-        if resume:
-            if not Path(checkpoint_path).is_file():
-                raise CheckpointError(f"checkpoint {checkpoint_path} not found; nothing to resume")
-            trainer.resume_checkpoint(checkpoint_path)
-        best_score, best_valid = trainer.fit(
-            train_data, valid_data, show_progress=config["show_progress"]
-        )
-        test_result = trainer.evaluate(
-            test_data, load_best_model=True, show_progress=config["show_progress"]
-        )
-        result: dict[str, Any] = {
-            metric_name(f"best_valid_{k}"): float(v) for k, v in (best_valid or {}).items()
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model_class(config["model"])(config, train_data._dataset).to(config["device"])
+    counts = count_parameters(model)
+    tracker.log_params(
+        {
+            **settings.resolved,
+            **counts.as_dict(),
+            "dataset_users": dataset.user_num - 1,
+            "dataset_items": dataset.item_num - 1,
+            "dataset_interactions": dataset.inter_num,
+            "run_name": tracker.run_name,
         }
-        result.update({metric_name(f"best_test_{k}"): float(v) for k, v in test_result.items()})
-        result.update(counts.as_dict())
-        tracker.log_metrics({k: v for k, v in result.items()})
-        tracker.log_dict(result, "final_metrics.json")
+    )
+    logger.info(f"{config['model']}: {counts}")
+    trainer = StockTrainer(
+        config, model, checkpoint_path, tracker, scheduler=settings.training.scheduler
+    )
+    if resume:
+        if not Path(checkpoint_path).is_file():
+            raise CheckpointError(f"checkpoint {checkpoint_path} not found; nothing to resume")
+        trainer.resume_checkpoint(checkpoint_path)
+    best_score, best_valid = trainer.fit(
+        train_data, valid_data, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=True, show_progress=config["show_progress"]
+    )
+    result: dict[str, Any] = {
+        metric_name(f"best_valid_{k}"): float(v) for k, v in (best_valid or {}).items()
+    }
+    result.update({metric_name(f"best_test_{k}"): float(v) for k, v in test_result.items()})
+    result.update(counts.as_dict())
+    tracker.log_metrics({k: v for k, v in result.items()})
     return result
