@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from etl import partition, synthetic  # noqa: E402
-from etl.engine import map_tasks  # noqa: E402
+from etl.engine import Engine  # noqa: E402
 from etl.manifest import atomic_write_bytes  # noqa: E402
 from etl.pipeline import EtlOptions, run_pipeline  # noqa: E402
 from etl.scaling import parse_size, size_label  # noqa: E402
@@ -106,7 +106,7 @@ def time_path(kind: str, raw: Path, scratch: Path, workers: int, chunk_bytes: in
     pc.sum(pa.array([0]))
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
-    results = map_tasks(fn, tasks, workers=workers, progress=False)
+    results = Engine(workers=workers, progress=False).map(fn, tasks)
     seconds = time.perf_counter() - start
     cpu = _cpu_seconds() - cpu_start
     rows = sum(n for n, _ in results)
@@ -327,9 +327,8 @@ def _build(
         raw_dir=raw,
         out_dir=scratch / "out",
         sizes=(build_size,),
-        workers=workers,
+        engine=Engine(workers=workers, progress=False),
         seed=seed,
-        progress=False,
         force=True,
         chunk_bytes=chunk_bytes,
     )

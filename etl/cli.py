@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from etl.engine import ENGINES
+from etl.engine import ENGINES, Engine
 from etl.errors import EtlError
 from etl.pipeline import STEPS, EtlOptions, counts_table, run_pipeline
 from etl.readers import CHUNK_BYTES
@@ -67,15 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         raw_dir=args.raw_dir,
         out_dir=args.out_dir,
         sizes=args.sizes,
-        workers=args.workers,
-        engine=args.engine,
-        ray_address=args.ray_address,
+        engine=Engine(
+            kind=args.engine,
+            workers=args.workers,
+            ray_address=args.ray_address,
+            progress=not args.no_progress,
+        ),
         seed=args.seed,
         force=args.force,
         vocab_size=args.vocab_size,
         partitions=args.partitions,
         chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
-        progress=not args.no_progress,
     )
     try:
         results = run_pipeline(args.step, options)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
@@ -15,71 +16,85 @@ from tqdm import tqdm
 ENGINES = ("multiprocess", "ray")
 
 
-def map_tasks(
-    fn: Callable[[Any], Any],
-    tasks: Iterable[Any],
-    *,
-    workers: int = 1,
-    engine: str = "multiprocess",
-    ray_address: str | None = None,
-    desc: str = "",
-    progress: bool = True,
-    total: int | None = None,
-) -> list[Any]:
-    """Apply `fn` to every task and return the results in task order.
+@dataclass(frozen=True)
+class Engine:
+    """How the steps map a per-part function over parts: the one place for these settings.
 
-    Tasks are drawn lazily with at most `2 * workers` in flight, so a generator of large
-    tasks (blocks of a gzip file read by the parent) keeps memory bounded.
-
-    Args:
-        fn: a module-level function (it is shipped to worker processes).
-        tasks: picklable arguments, one per call (a sequence or an iterator).
-        total: the number of tasks for the progress bar when `tasks` has no len().
+    Attributes:
+        kind: 'multiprocess' or 'ray'.
         workers: processes (multiprocess, 1 runs inline) or CPUs of a local Ray instance.
             On an existing cluster (`ray_address`) the cluster's CPUs run the tasks and
             `workers` only bounds the tasks in flight (2 * workers): give its CPU count.
-        engine: 'multiprocess' or 'ray'.
         ray_address: passed to `ray.init(address=...)` (`head:6379`, or `auto` on a node of
             the cluster); None starts a local instance. The workers import `etl` as
             installed on their node, and every node must see the input and output paths.
-        desc: progress bar label.
-        progress: show a tqdm bar.
+        progress: show tqdm bars (the download step's too).
 
     Raises:
-        ValueError: unknown engine or workers < 1.
+        ValueError: unknown kind or workers < 1 (when built).
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    if workers < 1:
-        raise ValueError(f"workers={workers}; pass --workers 1 or more")
-    if total is None and hasattr(tasks, "__len__"):
-        total = len(tasks)  # type: ignore[arg-type]
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
-    try:
-        if engine == "ray":
-            return _map_ray(fn, tasks, workers, ray_address, bar)
-        if workers == 1:
-            results = []
-            for task in tasks:
-                results.append(fn(task))
-                bar.update()
-            return results
-        from multiprocess import Pool
 
-        results = []
-        with Pool(workers) as pool:
-            pending: deque = deque()
-            for task in tasks:
-                if len(pending) >= 2 * workers:
+    kind: str = "multiprocess"
+    workers: int = 1
+    ray_address: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENGINES:
+            raise ValueError(f"unknown engine {self.kind!r}; choose one of {', '.join(ENGINES)}")
+        if self.workers < 1:
+            raise ValueError(f"workers={self.workers}; pass --workers 1 or more")
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        tasks: Iterable[Any],
+        *,
+        desc: str = "",
+        total: int | None = None,
+    ) -> list[Any]:
+        """Apply `fn` to every task and return the results in task order.
+
+        Tasks are drawn lazily with at most `2 * workers` in flight, so a generator of large
+        tasks (blocks of a gzip file read by the parent) keeps memory bounded.
+
+        Args:
+            fn: a module-level function (it is shipped to worker processes).
+            tasks: picklable arguments, one per call (a sequence or an iterator).
+            desc: progress bar label.
+            total: the number of tasks for the progress bar when `tasks` has no len().
+        """
+        if total is None and hasattr(tasks, "__len__"):
+            total = len(tasks)  # type: ignore[arg-type]
+        bar = tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
+        try:
+            if self.kind == "ray":
+                return _map_ray(fn, tasks, self.workers, self.ray_address, bar)
+            if self.workers == 1:
+                results = []
+                for task in tasks:
+                    results.append(fn(task))
+                    bar.update()
+                return results
+            from multiprocess import Pool
+
+            results = []
+            with Pool(self.workers) as pool:
+                pending: deque = deque()
+                for task in tasks:
+                    if len(pending) >= 2 * self.workers:
+                        results.append(pending.popleft().get())
+                        bar.update()
+                    pending.append(pool.apply_async(fn, (task,)))
+                while pending:
                     results.append(pending.popleft().get())
                     bar.update()
-                pending.append(pool.apply_async(fn, (task,)))
-            while pending:
-                results.append(pending.popleft().get())
-                bar.update()
-        return results
-    finally:
-        bar.close()
+            return results
+        finally:
+            bar.close()
+
+
+DEFAULT_ENGINE = Engine()  # one process, with progress bars
 
 
 def _map_ray(

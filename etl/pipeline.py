@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from etl.engine import Engine
 from etl.errors import EtlError
 from etl.finetune import (
-    FINETUNE_SETS,
     build_beauty_and_sports_datasets,
     finetune_inputs,
+    finetune_reviews_missing,
     finetune_users,
 )
 from etl.manifest import (
@@ -34,7 +35,7 @@ from etl.manifest import (
 from etl.metadata import tokenize_metadata, train_sentence_piece
 from etl.partition import metadata_sources, partition_big_files, ratings_sources
 from etl.ratings import post_process_ratings
-from etl.readers import CHUNK_BYTES, BadRows, find_raw_file
+from etl.readers import CHUNK_BYTES, BadRows
 from etl.scaling import build_scaling_datasets, size_label
 from etl.text import DEFAULT_VOCAB
 
@@ -57,16 +58,13 @@ class EtlOptions:
     raw_dir: Path
     out_dir: Path
     sizes: tuple[int, ...] = DEFAULT_SIZES
-    workers: int = 1
-    engine: str = "multiprocess"
-    ray_address: str | None = None
+    engine: Engine = field(default_factory=Engine)  # workers, Ray, progress bars
     seed: int = 42
     force: bool = False
     vocab_size: int = DEFAULT_VOCAB
     partitions: int = 16
     chunk_bytes: int = CHUNK_BYTES
     spm_max_items: int = 2_000_000  # items whose text trains SentencePiece (seeded choice above)
-    progress: bool = True
 
     @property
     def work_dir(self) -> Path:
@@ -77,15 +75,6 @@ class EtlOptions:
     def spm_model(self) -> Path:
         """The SentencePiece model file."""
         return self.out_dir / "sentencepiece" / "spm.model"
-
-    def engine_kwargs(self) -> dict:
-        """Keyword arguments for the steps that map over parts."""
-        return {
-            "workers": self.workers,
-            "engine": self.engine,
-            "ray_address": self.ray_address,
-            "progress": self.progress,
-        }
 
 
 @dataclass
@@ -113,12 +102,10 @@ def _raw_inputs(o: EtlOptions) -> list[Path]:
 def _run_post_process(o: EtlOptions) -> dict:
     bad = BadRows()
     excluded = finetune_users(o.raw_dir, bad)
-    summary = post_process_ratings(o.work_dir, excluded, **o.engine_kwargs())
+    summary = post_process_ratings(o.work_dir, excluded, engine=o.engine)
     summary["bad_rows"] = bad.as_dict()
     # Without a 5-core file its users cannot be excluded: say so in the manifest and table.
-    summary["finetune_reviews_missing"] = [
-        reviews for _, reviews, _ in FINETUNE_SETS if find_raw_file(o.raw_dir, reviews) is None
-    ]
+    summary["finetune_reviews_missing"] = finetune_reviews_missing(o.raw_dir)
     return summary
 
 
@@ -136,7 +123,7 @@ _STEP_TABLE: dict[str, _Step] = {
             o.work_dir,
             n_parts=o.partitions,
             chunk_bytes=o.chunk_bytes,
-            **o.engine_kwargs(),
+            engine=o.engine,
         ),
     ),
     "train_sentence_piece": _Step(
@@ -151,7 +138,7 @@ _STEP_TABLE: dict[str, _Step] = {
         inputs=lambda o: [o.work_dir / "meta", o.spm_model],
         params=lambda o: {},
         outputs=lambda o: [o.work_dir / "items.parquet"],
-        run=lambda o: tokenize_metadata(o.work_dir, o.spm_model, **o.engine_kwargs()),
+        run=lambda o: tokenize_metadata(o.work_dir, o.spm_model, engine=o.engine),
     ),
     "post_process_ratings": _Step(
         inputs=lambda o: [
@@ -168,7 +155,7 @@ _STEP_TABLE: dict[str, _Step] = {
         params=lambda o: {"sizes": sorted(set(o.sizes)), "seed": o.seed},
         outputs=_scaling_names,
         run=lambda o: build_scaling_datasets(
-            o.work_dir, o.out_dir, list(o.sizes), seed=o.seed, **o.engine_kwargs()
+            o.work_dir, o.out_dir, list(o.sizes), seed=o.seed, engine=o.engine
         ),
     ),
     "build_beauty_and_sports_datasets": _Step(
@@ -190,7 +177,7 @@ def _download(o: EtlOptions, only_if_missing: bool) -> StepResult:
 
     start = time.perf_counter()
     try:
-        files = download_raw_files(o.raw_dir, progress=o.progress)
+        files = download_raw_files(o.raw_dir, progress=o.engine.progress)
     except DownloadError as exc:
         raise EtlError(str(exc)) from exc
     return StepResult(

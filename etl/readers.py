@@ -587,6 +587,14 @@ def sniff_json_lines(path: Path) -> bool:
 
 Parser = Callable[[bytes, str, BadRows], pa.Table]
 
+# The parser of each format of the raw file table (`etl.raw_files.FORMATS`).
+PARSERS: dict[str, Parser] = {
+    "ratings_csv": parse_ratings_csv,
+    "reviews_json": parse_review_lines,
+    "meta_json": parse_meta_2018_lines,
+    "meta_literal": parse_meta_2014_lines,
+}
+
 
 def _with_order(table: pa.Table, index: int) -> pa.Table:
     order = (np.int64(index) << np.int64(32)) + np.arange(table.num_rows, dtype=np.int64)
