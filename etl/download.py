@@ -25,13 +25,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from etl.errors import EtlError
 from etl.raw_files import RAW_FILES, RELEASES, RawFile, join_url
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "recbole-fork-scaling-etl/0.1 (urllib)"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(EtlError):
     """A raw file could not be fetched or verified; the message is one line."""
 
 

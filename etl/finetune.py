@@ -42,13 +42,41 @@ def finetune_reviews_missing(raw_dir: Path) -> list[str]:
     ]
 
 
+def read_finetune_file(path: Path, parser: Parser, bad: BadRows) -> pa.Table:
+    """Read a fine-tuning input, which must give at least one good row.
+
+    A 0-byte or empty file (a failed download) would publish an empty dataset and let its
+    users into the pre-training pool unnoticed.
+
+    Raises:
+        EtlError: the file gives no good row (the message names it), or cannot be read.
+    """
+    mine = BadRows()
+    table = read_file(path, parser, mine)
+    if bad is not None:
+        bad.merge(mine)
+    if table.num_rows == 0:
+        reasons = mine.as_dict().get(path.name, {})
+        found = ", ".join(f"{n} {r}" for r, n in reasons.items()) or f"{path.stat().st_size} bytes"
+        raise EtlError(
+            f"{path}: no valid row ({found}), so its fine-tuning set cannot be built nor its "
+            "users kept out of pre-training; download it again or remove it from RAW"
+        )
+    return table
+
+
 def finetune_users(raw_dir: Path, bad: BadRows | None = None) -> pa.Array:
-    """Distinct users of the fine-tuning review files (Beauty, Sports) present in RAW, sorted."""
+    """Distinct users of the fine-tuning review files (Beauty, Sports) present in RAW, sorted.
+
+    Raises:
+        EtlError: a review file present is empty or unreadable.
+    """
+    bad = bad if bad is not None else BadRows()
     arrays = []
     for s in finetune_sets():
         path = find_raw_file(raw_dir, s.reviews.name)
         if path is not None:
-            table = read_file(path, PARSERS[s.reviews.format], bad)
+            table = read_finetune_file(path, PARSERS[s.reviews.format], bad)
             arrays.append(table.column("user").combine_chunks())
     if not arrays:
         return pa.array([], pa.string())
@@ -72,7 +100,7 @@ def item_texts(
     rest = pc.filter(asins, pc.invert(pc.is_in(asins, value_set=from_2018.column("asin"))))
     from_2014 = None
     if meta is not None and len(rest):
-        raw = read_file(meta[0], meta[1], bad)
+        raw = read_finetune_file(meta[0], meta[1], bad)
         raw = first_per_key(raw.filter(pc.is_in(raw.column("asin"), value_set=rest)), "asin")
         from_2014 = tokenize_table(raw, tokenizer).drop_columns(["order", "usable"])
         rest = pc.filter(rest, pc.invert(pc.is_in(rest, value_set=from_2014.column("asin"))))
@@ -106,7 +134,7 @@ def build_finetune_dataset(
         summary dict: counts before/after de-duplication, text sources, skipped rows.
 
     Raises:
-        EtlError: an input file is unreadable or a truncated gzip.
+        EtlError: an input file is unreadable, a truncated gzip, or gives no valid row.
     """
     name = fset.dataset
     reviews_path = find_raw_file(raw_dir, fset.reviews.name)
@@ -114,8 +142,10 @@ def build_finetune_dataset(
         raise EtlError(f"{fset.reviews.name} not found in {raw_dir}; place it there")
     meta_path = find_raw_file(raw_dir, fset.meta.name) if fset.meta is not None else None
     meta = (meta_path, PARSERS[fset.meta.format]) if fset.meta and meta_path else None
+    if meta_path is not None and meta_path.stat().st_size == 0:
+        raise EtlError(f"{meta_path} is empty (0 bytes); download it again or remove it from RAW")
     bad = BadRows()
-    raw = read_file(reviews_path, PARSERS[fset.reviews.format], bad)
+    raw = read_finetune_file(reviews_path, PARSERS[fset.reviews.format], bad)
     table, dups = dedup_and_order(raw)
     items = pc.unique(table.column("item"))
     item_table, sources = item_texts(items, items_path, meta, Tokenizer(model_path), bad)

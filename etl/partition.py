@@ -26,6 +26,7 @@ from etl.readers import (
     BadRows,
     Chunk,
     Parser,
+    check_regular_file,
     is_gzip,
     iter_blocks,
     parse_meta_2018_lines,
@@ -43,7 +44,9 @@ _ALL_META = the_file("metadata", "amazon-2018")
 
 
 def _with_gz(raw_dir: Path, pattern: str) -> list[Path]:
-    return sorted(set(raw_dir.glob(pattern)) | set(raw_dir.glob(pattern + ".gz")))
+    """Files of RAW matching `pattern` or `pattern.gz`; any match must be a regular file."""
+    found = sorted(set(raw_dir.glob(pattern)) | set(raw_dir.glob(pattern + ".gz")))
+    return [check_regular_file(p) for p in found]
 
 
 def ratings_sources(raw_dir: Path) -> tuple[str, list[Path]]:
@@ -96,6 +99,12 @@ class _Work:
     chunk: Chunk | None = None
     data: bytes | None = None
 
+    def describe(self) -> str:
+        """Which part of which file, for a message about this unit."""
+        if self.chunk is not None:
+            return f"{self.label}, bytes {self.chunk.start}-{self.chunk.end}"
+        return f"{self.label}, block {self.index + 1}"
+
 
 def iter_work(paths: list[Path], chunk_bytes: int) -> Iterator[_Work]:
     """Units of work over `paths` in file order; gzip files are decompressed here, lazily.
@@ -136,11 +145,48 @@ class _RatingsTask:
     n_parts: int
     out_dir: str
 
+    def describe(self) -> str:
+        return self.work.describe()
+
 
 @dataclass(frozen=True)
 class _MetaTask:
     work: _Work
     out_dir: str
+
+    def describe(self) -> str:
+        return self.work.describe()
+
+
+def _labelled(work: Iterator[_Work], labels: list[str]) -> Iterator[_Work]:
+    """`work`, recording each unit's file name in `labels` (in the order of the results)."""
+    for w in work:
+        labels.append(w.label)
+        yield w
+
+
+def _check_rows_read(paths: list[Path], labels: list[str], rows: list[int], bad: BadRows) -> None:
+    """Every input must give at least one good row: an empty file (a failed download) or one
+    of another format (random bytes, the wrong file) is named, not silently skipped.
+
+    Raises:
+        EtlError: an input gave no good row.
+    """
+    per_file: dict[str, int] = {}
+    for label, n in zip(labels, rows):
+        per_file[label] = per_file.get(label, 0) + n
+    for path in paths:
+        if per_file.get(path.name, 0) == 0:
+            reasons = bad.as_dict().get(path.name, {})
+            found = (
+                ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+                if reasons
+                else f"{path.stat().st_size} bytes"
+            )
+            raise EtlError(
+                f"{path}: no valid row ({found}); check that it is the right file, or "
+                "download it again"
+            )
 
 
 def _ratings_task(task: _RatingsTask) -> tuple[int, BadRows]:
@@ -223,14 +269,16 @@ def partition_big_files(
             "meta_<Category>.json.gz) there, or run --step download_raw_files"
         )
     if n_parts < 1:
-        raise ValueError(f"n_parts={n_parts}; pass --partitions 1 or more")
+        raise EtlError(f"n_parts={n_parts}; pass --partitions 1 or more")
     bad = BadRows()
     ratings_chunk = balanced_chunk_bytes(rating_files, chunk_bytes, engine.workers)
     with staging_dir(work_dir / "ratings") as tmp:
         for p in range(n_parts):
             (tmp / f"part-{p:04d}").mkdir()
+        labels: list[str] = []
         tasks = (
-            _RatingsTask(w, kind, n_parts, str(tmp)) for w in iter_work(rating_files, ratings_chunk)
+            _RatingsTask(w, kind, n_parts, str(tmp))
+            for w in _labelled(iter_work(rating_files, ratings_chunk), labels)
         )
         results = engine.map(
             _ratings_task,
@@ -241,8 +289,12 @@ def partition_big_files(
         rating_rows = sum(n for n, _ in results)
         for _, b in results:
             bad.merge(b)
+        _check_rows_read(rating_files, labels, [n for n, _ in results], bad)
     with staging_dir(work_dir / "meta") as tmp:
-        tasks = (_MetaTask(w, str(tmp)) for w in iter_work(meta_files, chunk_bytes))
+        labels = []
+        tasks = (
+            _MetaTask(w, str(tmp)) for w in _labelled(iter_work(meta_files, chunk_bytes), labels)
+        )
         results = engine.map(
             _meta_task,
             tasks,
@@ -252,6 +304,7 @@ def partition_big_files(
         meta_rows = sum(n for n, _ in results)
         for _, b in results:
             bad.merge(b)
+        _check_rows_read(meta_files, labels, [n for n, _ in results], bad)
     return {
         "counts": [
             {

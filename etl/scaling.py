@@ -128,11 +128,11 @@ def build_scaling_datasets(
         summary dict with `counts` (users, items, interactions per dataset) and `datasets`.
 
     Raises:
-        EtlError: a size exceeds the pool.
+        EtlError: no size, or a size exceeds the pool.
     """
     sizes = sorted(set(sizes))
     if not sizes:
-        raise ValueError("no dataset size given; pass --sizes such as 100K,1M")
+        raise EtlError("no dataset size given; pass --sizes such as 100K,1M")
     parts = sorted((work_dir / "pool").glob("part-*.parquet"))
     per_part = engine.map(_user_counts_task, [str(p) for p in parts], desc="count users")
     users = pa.concat_arrays([u for u, _ in per_part]) if per_part else pa.array([], pa.string())

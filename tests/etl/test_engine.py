@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from etl.engine import Engine
+from etl.errors import EtlError
 
 
 def square(x: int) -> int:
@@ -31,9 +32,9 @@ def test_multiprocess_keeps_order(workers: int) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="unknown engine 'spark'; choose one of multiprocess, ray"):
+    with pytest.raises(EtlError, match="unknown engine 'spark'; choose one of multiprocess, ray"):
         Engine(kind="spark")
-    with pytest.raises(ValueError, match="workers=0"):
+    with pytest.raises(EtlError, match="workers=0"):
         Engine(workers=0)
 
 
