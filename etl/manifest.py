@@ -7,9 +7,9 @@ rerun when its manifest matches the current parameters, inputs and outputs, so a
 killed at any point (no manifest, or a stale one) is redone.
 
 Fingerprints: a raw input (a file the ETL did not write) is identified by its size and a
-content digest, so an input edited in place is seen as changed even when its size and
-mtime are restored; the digest of a large file is computed over 64 MiB parts in parallel
-threads, and remembered in `OUT/manifests/input_digests.json` under the file's full stat
+content digest (SHA-256), so an input edited in place is seen as changed even when its
+size and mtime are restored; the digest of a large file is computed over 64 MiB parts in
+parallel threads, and remembered in `OUT/manifests/input_digests.json` under the file's full stat
 signature (size, mtime, ctime, inode): ctime cannot be set back by the user, so an
 unchanged file is not read again. The ETL's own outputs and intermediates (written
 atomically by the ETL) are identified by size and mtime.
@@ -155,8 +155,10 @@ def remove_stale_temporaries(directory: Path) -> None:
 
 
 def _digest_part(path: Path, start: int, length: int) -> bytes:
-    """BLAKE2b-256 of bytes [start, start + length) of `path` (hashlib releases the GIL)."""
-    h = hashlib.blake2b(digest_size=32)
+    """SHA-256 of bytes [start, start + length) of `path` (hashlib releases the GIL)."""
+    # SHA-256 rather than BLAKE2b: OpenSSL's uses the CPU's SHA instructions where present;
+    # 1.68 against 0.88 GiB per CPU-second (hashlib, one thread, the project's AMD EPYC).
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         f.seek(start)
         left = length
@@ -170,8 +172,8 @@ def _digest_part(path: Path, start: int, length: int) -> bytes:
 
 
 def file_digest(path: Path, workers: int = 1, part_bytes: int = DIGEST_PART_BYTES) -> str:
-    """Content digest of a file: 'b2p64:<hex>', BLAKE2b-256 over the BLAKE2b-256 of each
-    `part_bytes` part and the size; the parts are hashed in `workers` threads.
+    """Content digest of a file: 's256p64:<hex>', SHA-256 over the size and the SHA-256 of
+    each `part_bytes` part (64 MiB); the parts are hashed in `workers` threads.
 
     The value depends on the bytes and `part_bytes` only, not on `workers`.
     """
@@ -182,11 +184,10 @@ def file_digest(path: Path, workers: int = 1, part_bytes: int = DIGEST_PART_BYTE
             parts = list(pool.map(lambda s: _digest_part(path, s, part_bytes), starts))
     else:
         parts = [_digest_part(path, s, part_bytes) for s in starts]
-    top = hashlib.blake2b(digest_size=32)
-    top.update(size.to_bytes(8, "little"))
+    top = hashlib.sha256(size.to_bytes(8, "little"))
     for part in parts:
         top.update(part)
-    return f"b2p{part_bytes >> 20}:{top.hexdigest()}"
+    return f"s256p{part_bytes >> 20}:{top.hexdigest()}"
 
 
 class DigestCache:

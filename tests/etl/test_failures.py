@@ -129,8 +129,8 @@ def test_digest_is_the_same_in_parallel_parts(tmp_path: Path) -> None:
     path.write_bytes(bytes(range(256)) * 1000)  # 256,000 bytes
     one = file_digest(path, workers=1, part_bytes=10_000)
     assert one == file_digest(path, workers=4, part_bytes=10_000)  # 26 parts, 4 threads
-    assert one.startswith("b2p0:") and len(one) == 5 + 64
-    assert file_digest(path).startswith(f"b2p{DIGEST_PART_BYTES >> 20}:")
+    assert one.startswith("s256p0:") and len(one) == 7 + 64
+    assert file_digest(path).startswith(f"s256p{DIGEST_PART_BYTES >> 20}:")
     with open(path, "r+b") as f:
         f.seek(200_000)
         f.write(b"\xff")
