@@ -115,6 +115,7 @@ def build_beauty(shared_data: Path, work_dir: Path) -> Path:
         BenchmarkError: the reference data is absent, or the built counts are not the
             benchmark's.
     """
+    from etl.engine import Engine
     from etl.pipeline import EtlOptions, run_step
     from etl.reference import REFERENCE, write_beauty_2014_from_reference
 
@@ -136,7 +137,9 @@ def build_beauty(shared_data: Path, work_dir: Path) -> Path:
     if not ratings.is_file():
         # partition_big_files needs a ratings input; nothing downstream of it is used here.
         _atomic_write_text(ratings, "catalog-item,catalog-user,5.0,0\n")
-    opts = EtlOptions(raw_dir=raw, out_dir=out, sizes=(1,), vocab_size=VOCAB_SIZE, progress=False)
+    opts = EtlOptions(
+        raw_dir=raw, out_dir=out, sizes=(1,), vocab_size=VOCAB_SIZE, engine=Engine(progress=False)
+    )
     for step in (
         "partition_big_files",
         "train_sentence_piece",

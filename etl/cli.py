@@ -3,22 +3,69 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 from pathlib import Path
 
-from etl.engine import ENGINES
-from etl.errors import EtlError
+from etl.engine import ENGINES, Engine
 from etl.pipeline import STEPS, EtlOptions, counts_table, run_pipeline
 from etl.readers import CHUNK_BYTES
 from etl.scaling import parse_size
 from etl.text import DEFAULT_VOCAB
+from recbole_fork.errors import UserError
 
 
 def _sizes(text: str) -> tuple[int, ...]:
     try:
-        return tuple(parse_size(s) for s in text.split(",") if s.strip())
+        sizes = tuple(parse_size(s) for s in text.split(",") if s.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+    if not sizes:
+        raise argparse.ArgumentTypeError("no dataset size given; write sizes like 100K,1M")
+    return sizes
+
+
+def _chunk_mb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0 and int(value * (1 << 20)) >= 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive size in MB, e.g. 64")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return value
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space or pass another --out-dir",
+    errno.EDQUOT: "free some disk space or pass another --out-dir",
+    errno.EACCES: "check the permissions, or pass another --out-dir",
+    errno.EPERM: "check the permissions, or pass another --out-dir",
+    errno.EROFS: "the file system is read-only: pass another --out-dir",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "a folder stands where a file should be",
+}
+
+
+def describe_os_error(exc: OSError, out_dir: Path) -> str:
+    """One line naming the path (the output folder when the error names none) and the cause."""
+    where = exc.filename if exc.filename is not None else out_dir
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    cause = exc.strerror or str(exc)
+    notes = "; ".join(getattr(exc, "__notes__", []))
+    hint = _OS_HINTS.get(exc.errno or 0, "check the path")
+    return f"{where}: {cause}" + (f" ({notes})" if notes else "") + f"; {hint}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sizes", type=_sizes, default="100K,500K,1M,5M,10M", help="e.g. 2K,100K,1M"
     )
-    parser.add_argument("--workers", type=int, default=1, help="processes (or Ray CPUs)")
+    parser.add_argument("--workers", type=_positive_int, default=1, help="processes (or Ray CPUs)")
     parser.add_argument("--engine", choices=ENGINES, default="multiprocess")
     parser.add_argument("--ray-address", default=None, help="passed to ray.init(address=...)")
     parser.add_argument(
@@ -48,44 +95,61 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocab-size", type=int, default=DEFAULT_VOCAB, help="SentencePiece pieces"
     )
     parser.add_argument(
-        "--partitions", type=int, default=16, help="parts the ratings are split into"
+        "--partitions", type=_positive_int, default=16, help="parts the ratings are split into"
     )
     parser.add_argument(
-        "--chunk-mb", type=float, default=CHUNK_BYTES / (1 << 20), help="input chunk size"
+        "--chunk-mb", type=_chunk_mb, default=CHUNK_BYTES / (1 << 20), help="input chunk size"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse `argv`, run the step(s), print the counting table. Returns the exit status."""
+    """Parse `argv`, run the step(s), print the counting table. Returns the exit status.
+
+    A user error (`UserError`: missing or corrupt input, a busy output folder, a killed
+    worker) and an OSError (the path and its cause) print one line and return 1; Ctrl-C
+    prints how to resume and returns 130. Anything else is a bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
-    if args.workers < 1 or args.partitions < 1:
-        print("error: --workers and --partitions must be at least 1", file=sys.stderr)
-        return 2
-    options = EtlOptions(
-        raw_dir=args.raw_dir,
-        out_dir=args.out_dir,
-        sizes=args.sizes,
-        workers=args.workers,
-        engine=args.engine,
-        ray_address=args.ray_address,
-        seed=args.seed,
-        force=args.force,
-        vocab_size=args.vocab_size,
-        partitions=args.partitions,
-        chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
-        progress=not args.no_progress,
-    )
     try:
-        results = run_pipeline(args.step, options)
-    except (EtlError, ValueError) as exc:
+        results = run_pipeline(args.step, _options(args))
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc, args.out_dir)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished steps are kept and nothing half-written is published; "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     for r in results:
         print(f"{r.step}: {r.status}" + (f" ({r.seconds:.1f} s)" if r.status == "ran" else ""))
     print(counts_table(results))
     return 0
+
+
+def _options(args: argparse.Namespace) -> EtlOptions:
+    return EtlOptions(
+        raw_dir=args.raw_dir,
+        out_dir=args.out_dir,
+        sizes=args.sizes,
+        engine=Engine(
+            kind=args.engine,
+            workers=args.workers,
+            ray_address=args.ray_address,
+            progress=not args.no_progress,
+        ),
+        seed=args.seed,
+        force=args.force,
+        vocab_size=args.vocab_size,
+        partitions=args.partitions,
+        chunk_bytes=int(args.chunk_mb * (1 << 20)),
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Standard library only (urllib) plus tqdm. Each file is downloaded into `<name>.part`, resumed
 with an HTTP Range request after a cut connection, verified (size from the server and from
-the table below when known, sha256 when known) and only then renamed to its final name, so a
+the raw file table when known, sha256 when known) and only then renamed to its final name, so a
 file under its final name is always complete and is skipped on the next run.
 
 Without network (the first connection fails on DNS or is refused) the call fails at once with
@@ -20,52 +20,19 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
 from tqdm import tqdm
 
-# The 2018 release ("amazon_v2", Ni, Li, McAuley), on the McAuley lab's public host.
-BASE_URL_2018 = "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/"
-# The 2014 release (McAuley et al.), on the SNAP mirror that the S3-Rec/SASRec line of work uses.
-BASE_URL_2014 = "https://snap.stanford.edu/data/amazon/productGraph/"
+from etl.errors import EtlError
+from etl.raw_files import RAW_FILES, RELEASES, RawFile, join_url
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "recbole-fork-scaling-etl/0.1 (urllib)"
 
 
-@dataclass(frozen=True)
-class RawFile:
-    """One downloadable file: its path under the base URL of its release, and what to expect.
-
-    `size` (bytes) and `sha256` (hex) are None where the real value is not known: they are
-    then not checked (the server's Content-Length / Content-Range total still is).
-    """
-
-    path: str
-    release: str  # "2018" or "2014": which base URL `path` is relative to
-    size: int | None = None
-    sha256: str | None = None
-
-
-# No size or checksum is recorded here: none has been measured on the real files by this
-# project, and a guessed value would reject a good download. Fill them in once measured.
-RAW_FILES: dict[str, RawFile] = {
-    "all_csv_files.csv": RawFile("categoryFilesSmall/all_csv_files.csv", "2018"),
-    "All_Amazon_Meta.json.gz": RawFile("metaFiles/All_Amazon_Meta.json.gz", "2018"),
-    "reviews_Beauty_5.json.gz": RawFile("categoryFiles/reviews_Beauty_5.json.gz", "2014"),
-    "reviews_Sports_and_Outdoors_5.json.gz": RawFile(
-        "categoryFiles/reviews_Sports_and_Outdoors_5.json.gz", "2014"
-    ),
-    "meta_Beauty.json.gz": RawFile("categoryFiles/meta_Beauty.json.gz", "2014"),
-    "meta_Sports_and_Outdoors.json.gz": RawFile(
-        "categoryFiles/meta_Sports_and_Outdoors.json.gz", "2014"
-    ),
-}
-
-
-class DownloadError(RuntimeError):
+class DownloadError(EtlError):
     """A raw file could not be fetched or verified; the message is one line."""
 
 
@@ -77,21 +44,21 @@ class _Retry(Exception):
     """A transient failure: try again, resuming from what `.part` holds."""
 
 
-def file_url(name: str, table: Mapping[str, RawFile], base_url: str, base_url_2014: str) -> str:
-    """The URL of raw file `name` according to `table` and the two base URLs."""
-    entry = table[name]
-    base = base_url if entry.release == "2018" else base_url_2014
-    return base.rstrip("/") + "/" + entry.path.lstrip("/")
+def file_url(entry: RawFile, base_urls: Mapping[str, str] | None = None) -> str:
+    """The URL of `entry`: its release's base URL (or `base_urls[release]`) and its source."""
+    if entry.source is None:
+        raise ValueError(f"raw file {entry.name} has no download source")
+    base = (base_urls or {}).get(entry.release, RELEASES[entry.release].base_url)
+    return join_url(base, entry.source)
 
 
 def download_raw_files(
     raw_dir: Path,
     files: Sequence[str] | None = None,
-    base_url: str = BASE_URL_2018,
+    base_urls: Mapping[str, str] | None = None,
     retries: int = 5,
     timeout: float = 30,
     progress: bool = True,
-    base_url_2014: str = BASE_URL_2014,
     table: Mapping[str, RawFile] | None = None,
     backoff: float = 1.0,
 ) -> list[Path]:
@@ -99,14 +66,14 @@ def download_raw_files(
 
     Args:
         raw_dir: destination folder (created if missing).
-        files: names to fetch (keys of `table`); None fetches all of them.
-        base_url: base URL of the 2018 files; `base_url_2014` that of the 2014 files.
+        files: names to fetch (keys of `table`); None fetches every downloadable one.
+        base_urls: release key -> base URL, replacing `RELEASES[key].base_url` (a mirror).
         retries: attempts per file after a transient failure (cut connection, timeout, HTTP
             5xx) that brought no new byte; an attempt that made progress does not count.
         timeout: socket timeout in seconds for connecting and for each read.
         progress: show a tqdm bar per file.
-        table: file name -> `RawFile` (path, release, expected size and sha256); defaults to
-            `RAW_FILES`.
+        table: file name -> `RawFile` (source, release, expected size and sha256); defaults to
+            `etl.raw_files.RAW_FILES`.
         backoff: seconds before the first retry, doubled each time (capped at 60).
 
     Returns:
@@ -119,13 +86,14 @@ def download_raw_files(
             or sha256 mismatch (the partial file is deleted), or retries exhausted.
     """
     table = RAW_FILES if table is None else table
-    names = list(table) if files is None else list(files)
-    unknown = [n for n in names if n not in table]
+    downloadable = [n for n, entry in table.items() if entry.source is not None]
+    names = downloadable if files is None else list(files)
+    unknown = [n for n in names if n not in downloadable]
     if unknown:
-        raise ValueError(f"unknown raw file(s) {unknown}; valid names: {sorted(table)}")
+        raise ValueError(f"unknown raw file(s) {unknown}; valid names: {sorted(downloadable)}")
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
-    urls = {n: file_url(n, table, base_url, base_url_2014) for n in names}
+    urls = {n: file_url(table[n], base_urls) for n in names}
     state = {"connected": False}
     paths = []
     for name in names:

@@ -14,38 +14,70 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.atomic_files import write_inter, write_item
+from etl.errors import EtlError
 from etl.manifest import staging_dir
 from etl.metadata import first_per_key, tokenize_table
 from etl.ratings import dedup_and_order
-from etl.readers import BadRows, find_raw_file, parse_meta_2014_lines, parse_review_lines, read_file
+from etl.raw_files import FinetuneSet, finetune_sets
+from etl.readers import PARSERS, BadRows, Parser, find_raw_file, read_file
 from etl.scaling import lookup_items
 from etl.text import Tokenizer
 
-# (dataset name, 2014 5-core reviews, 2014 metadata)
-FINETUNE_SETS = (
-    ("amazon-beauty", "reviews_Beauty_5.json.gz", "meta_Beauty.json.gz"),
-    ("amazon-sports", "reviews_Sports_and_Outdoors_5.json.gz", "meta_Sports_and_Outdoors.json.gz"),
-)
-
 
 def finetune_inputs(raw_dir: Path) -> list[Path]:
-    """The 2014 review and metadata files present in RAW."""
+    """The fine-tuning review and metadata files (2014) present in RAW."""
     found = []
-    for _, reviews, meta in FINETUNE_SETS:
-        for name in (reviews, meta):
-            path = find_raw_file(raw_dir, name)
+    for s in finetune_sets():
+        for entry in (s.reviews, s.meta):
+            path = find_raw_file(raw_dir, entry.name) if entry is not None else None
             if path is not None:
                 found.append(path)
     return found
 
 
+def finetune_reviews_missing(raw_dir: Path) -> list[str]:
+    """Names of the fine-tuning review files absent from RAW, in table order."""
+    return [
+        s.reviews.name for s in finetune_sets() if find_raw_file(raw_dir, s.reviews.name) is None
+    ]
+
+
+def read_finetune_file(path: Path, parser: Parser, bad: BadRows) -> pa.Table:
+    """Read a fine-tuning input, which must give at least one good row.
+
+    A 0-byte or empty file (a failed download) would publish an empty dataset and let its
+    users into the pre-training pool unnoticed.
+
+    Raises:
+        EtlError: the file gives no good row (the message names it), or cannot be read.
+    """
+    mine = BadRows()
+    table = read_file(path, parser, mine)
+    if bad is not None:
+        bad.merge(mine)
+    if table.num_rows == 0:
+        reasons = mine.as_dict().get(path.name, {})
+        found = ", ".join(f"{n} {r}" for r, n in reasons.items()) or f"{path.stat().st_size} bytes"
+        raise EtlError(
+            f"{path}: no valid row ({found}), so its fine-tuning set cannot be built nor its "
+            "users kept out of pre-training; download it again or remove it from RAW"
+        )
+    return table
+
+
 def finetune_users(raw_dir: Path, bad: BadRows | None = None) -> pa.Array:
-    """Distinct reviewerIDs of the Beauty and Sports 5-core files present in RAW, sorted."""
+    """Distinct users of the fine-tuning review files (Beauty, Sports) present in RAW, sorted.
+
+    Raises:
+        EtlError: a review file present is empty or unreadable.
+    """
+    bad = bad if bad is not None else BadRows()
     arrays = []
-    for _, reviews, _ in FINETUNE_SETS:
-        path = find_raw_file(raw_dir, reviews)
+    for s in finetune_sets():
+        path = find_raw_file(raw_dir, s.reviews.name)
         if path is not None:
-            arrays.append(read_file(path, parse_review_lines, bad).column("user").combine_chunks())
+            table = read_finetune_file(path, PARSERS[s.reviews.format], bad)
+            arrays.append(table.column("user").combine_chunks())
     if not arrays:
         return pa.array([], pa.string())
     users = pc.unique(pa.concat_arrays(arrays))
@@ -53,15 +85,22 @@ def finetune_users(raw_dir: Path, bad: BadRows | None = None) -> pa.Array:
 
 
 def item_texts(
-    asins: pa.Array, items_path: Path, meta_2014: Path | None, tokenizer: Tokenizer, bad: BadRows
+    asins: pa.Array,
+    items_path: Path,
+    meta: tuple[Path, Parser] | None,
+    tokenizer: Tokenizer,
+    bad: BadRows,
 ) -> tuple[pa.Table, dict[str, int]]:
-    """The `.item` rows of `asins` (sorted by asin) and how many items took each text source."""
+    """The `.item` rows of `asins` (sorted by asin) and how many items took each text source.
+
+    `meta` is the fine-tuning set's own metadata file (2014) and its parser, if present.
+    """
     from_2018 = lookup_items(items_path, asins)
     from_2018 = from_2018.filter(from_2018.column("usable")).drop_columns(["usable"])
     rest = pc.filter(asins, pc.invert(pc.is_in(asins, value_set=from_2018.column("asin"))))
     from_2014 = None
-    if meta_2014 is not None and len(rest):
-        raw = read_file(meta_2014, parse_meta_2014_lines, bad)
+    if meta is not None and len(rest):
+        raw = read_finetune_file(meta[0], meta[1], bad)
         raw = first_per_key(raw.filter(pc.is_in(raw.column("asin"), value_set=rest)), "asin")
         from_2014 = tokenize_table(raw, tokenizer).drop_columns(["order", "usable"])
         rest = pc.filter(rest, pc.invert(pc.is_in(rest, value_set=from_2014.column("asin"))))
@@ -85,14 +124,9 @@ def item_texts(
 
 
 def build_finetune_dataset(
-    name: str,
-    reviews_path: Path,
-    meta_2014: Path | None,
-    items_path: Path,
-    model_path: Path,
-    out_dir: Path,
+    fset: FinetuneSet, raw_dir: Path, items_path: Path, model_path: Path, out_dir: Path
 ) -> dict:
-    """Write `out_dir/<name>/<name>.{inter,item}` from one 2014 5-core review file.
+    """Write `out_dir/<name>/<name>.{inter,item}` from one 2014 5-core review file in RAW.
 
     Users are written in id order, each history by (timestamp, file order).
 
@@ -100,13 +134,21 @@ def build_finetune_dataset(
         summary dict: counts before/after de-duplication, text sources, skipped rows.
 
     Raises:
-        EtlError: an input file is unreadable or a truncated gzip.
+        EtlError: an input file is unreadable, a truncated gzip, or gives no valid row.
     """
+    name = fset.dataset
+    reviews_path = find_raw_file(raw_dir, fset.reviews.name)
+    if reviews_path is None:
+        raise EtlError(f"{fset.reviews.name} not found in {raw_dir}; place it there")
+    meta_path = find_raw_file(raw_dir, fset.meta.name) if fset.meta is not None else None
+    meta = (meta_path, PARSERS[fset.meta.format]) if fset.meta and meta_path else None
+    if meta_path is not None and meta_path.stat().st_size == 0:
+        raise EtlError(f"{meta_path} is empty (0 bytes); download it again or remove it from RAW")
     bad = BadRows()
-    raw = read_file(reviews_path, parse_review_lines, bad)
+    raw = read_finetune_file(reviews_path, PARSERS[fset.reviews.format], bad)
     table, dups = dedup_and_order(raw)
     items = pc.unique(table.column("item"))
-    item_table, sources = item_texts(items, items_path, meta_2014, Tokenizer(model_path), bad)
+    item_table, sources = item_texts(items, items_path, meta, Tokenizer(model_path), bad)
     with staging_dir(out_dir / name) as tmp:
         write_inter(tmp / f"{name}.inter", table)
         write_item(tmp / f"{name}.item", item_table)
@@ -146,16 +188,14 @@ def build_beauty_and_sports_datasets(
         "missing": [],
         "datasets": [],
     }
-    for name, reviews, meta in FINETUNE_SETS:
-        reviews_path = find_raw_file(raw_dir, reviews)
+    for s in finetune_sets():
+        reviews_path = find_raw_file(raw_dir, s.reviews.name)
         if reviews_path is None:
-            summary["missing"].append(reviews)
+            summary["missing"].append(s.reviews.name)
             continue
-        one = build_finetune_dataset(
-            name, reviews_path, find_raw_file(raw_dir, meta), items_path, model_path, out_dir
-        )
+        one = build_finetune_dataset(s, raw_dir, items_path, model_path, out_dir)
         summary["counts"] += one["counts"]
         summary["text_sources"].update(one["text_sources"])
         BadRows(summary["bad_rows"]).merge(BadRows(one["bad_rows"]))
-        summary["datasets"].append(name)
+        summary["datasets"].append(s.dataset)
     return summary

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl.engine import map_tasks
+from etl.engine import DEFAULT_ENGINE, Engine
 from etl.hashing import sample_keys
 from etl.manifest import write_parquet_atomic
 from etl.text import (
@@ -130,10 +130,7 @@ def tokenize_metadata(
     work_dir: Path,
     model_path: Path,
     *,
-    workers: int = 1,
-    engine: str = "multiprocess",
-    ray_address: str | None = None,
-    progress: bool = True,
+    engine: Engine = DEFAULT_ENGINE,
 ) -> dict:
     """Tokenise every metadata chunk in parallel, then write `work_dir/items.parquet`.
 
@@ -144,14 +141,10 @@ def tokenize_metadata(
     with tempfile.TemporaryDirectory(prefix=".tokenized.", suffix=".tmp", dir=work_dir) as tmp_name:
         tmp = Path(tmp_name)
         tasks = [_TokenizeTask(str(f), str(model_path), str(tmp / f.name)) for f in files]
-        map_tasks(
+        engine.map(
             _tokenize_task,
             tasks,
-            workers=workers,
-            engine=engine,
-            ray_address=ray_address,
             desc="tokenize metadata",
-            progress=progress,
         )
         table = first_per_key(
             pa.concat_tables([pq.read_table(tmp / f.name) for f in files]), "asin"

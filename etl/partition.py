@@ -16,15 +16,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.engine import map_tasks
+from etl.engine import DEFAULT_ENGINE, Engine
 from etl.errors import EtlError
 from etl.hashing import partition_of
 from etl.manifest import staging_dir
+from etl.raw_files import the_file
 from etl.readers import (
     CHUNK_BYTES,
     BadRows,
     Chunk,
     Parser,
+    check_regular_file,
     is_gzip,
     iter_blocks,
     parse_meta_2018_lines,
@@ -36,22 +38,26 @@ from etl.readers import (
     sniff_json_lines,
 )
 
-ALL_RATINGS = "all_csv_files.csv"
-ALL_META = "All_Amazon_Meta.json"
+# The whole-catalog 2018 files of the raw file table, preferred over per-category files.
+_ALL_RATINGS = the_file("ratings", "amazon-2018")
+_ALL_META = the_file("metadata", "amazon-2018")
 
 
 def _with_gz(raw_dir: Path, pattern: str) -> list[Path]:
-    return sorted(set(raw_dir.glob(pattern)) | set(raw_dir.glob(pattern + ".gz")))
+    """Files of RAW matching `pattern` or `pattern.gz`; any match must be a regular file."""
+    found = sorted(set(raw_dir.glob(pattern)) | set(raw_dir.glob(pattern + ".gz")))
+    return [check_regular_file(p) for p in found]
 
 
 def ratings_sources(raw_dir: Path) -> tuple[str, list[Path]]:
     """The 2018 ratings inputs in RAW and their kind ('csv' or 'reviews').
 
-    Preference: `all_csv_files.csv`, else every `<Category>.csv`, else the 2018 review
-    files `<Category>.json.gz` (a `<Category>_5` file is skipped when the full one is there).
-    2014 files (`reviews_*`) and metadata (`meta_*`) are never ratings inputs.
+    Preference: the table's 2018 ratings file (`all_csv_files.csv`), else every
+    `<Category>.csv`, else the 2018 review files `<Category>.json.gz` (a `<Category>_5` file
+    is skipped when the full one is there). 2014 files (`reviews_*`) and metadata (`meta_*`,
+    the whole-catalog file) are never ratings inputs.
     """
-    whole = _with_gz(raw_dir, ALL_RATINGS)
+    whole = _with_gz(raw_dir, _ALL_RATINGS.stem)
     if whole:
         return "csv", whole[:1]
     csvs = _with_gz(raw_dir, "*.csv")
@@ -60,7 +66,7 @@ def ratings_sources(raw_dir: Path) -> tuple[str, list[Path]]:
     reviews = [
         p
         for p in _with_gz(raw_dir, "*.json")
-        if not p.name.startswith(("meta_", "reviews_", "All_Amazon_Meta"))
+        if not p.name.startswith(("meta_", "reviews_", _ALL_META.stem.split(".")[0]))
     ]
     stems = {p.name.split(".json")[0] for p in reviews}
     reviews = [
@@ -72,12 +78,13 @@ def ratings_sources(raw_dir: Path) -> tuple[str, list[Path]]:
 
 
 def metadata_sources(raw_dir: Path) -> list[Path]:
-    """The 2018 metadata inputs in RAW: `All_Amazon_Meta.json`, else strict-JSON `meta_*.json`.
+    """The 2018 metadata inputs in RAW: the table's whole-catalog file (`All_Amazon_Meta.json`),
+    else strict-JSON `meta_*.json`.
 
     2014 metadata files share the `meta_<Category>` name pattern but hold Python literals;
     they are told apart by their first line and left to the fine-tuning step.
     """
-    whole = _with_gz(raw_dir, ALL_META)
+    whole = _with_gz(raw_dir, _ALL_META.stem)
     if whole:
         return whole[:1]
     return [p for p in _with_gz(raw_dir, "meta_*.json") if sniff_json_lines(p)]
@@ -91,6 +98,12 @@ class _Work:
     label: str  # file name, for bad-row counts
     chunk: Chunk | None = None
     data: bytes | None = None
+
+    def describe(self) -> str:
+        """Which part of which file, for a message about this unit."""
+        if self.chunk is not None:
+            return f"{self.label}, bytes {self.chunk.start}-{self.chunk.end}"
+        return f"{self.label}, block {self.index + 1}"
 
 
 def iter_work(paths: list[Path], chunk_bytes: int) -> Iterator[_Work]:
@@ -132,11 +145,48 @@ class _RatingsTask:
     n_parts: int
     out_dir: str
 
+    def describe(self) -> str:
+        return self.work.describe()
+
 
 @dataclass(frozen=True)
 class _MetaTask:
     work: _Work
     out_dir: str
+
+    def describe(self) -> str:
+        return self.work.describe()
+
+
+def _labelled(work: Iterator[_Work], labels: list[str]) -> Iterator[_Work]:
+    """`work`, recording each unit's file name in `labels` (in the order of the results)."""
+    for w in work:
+        labels.append(w.label)
+        yield w
+
+
+def _check_rows_read(paths: list[Path], labels: list[str], rows: list[int], bad: BadRows) -> None:
+    """Every input must give at least one good row: an empty file (a failed download) or one
+    of another format (random bytes, the wrong file) is named, not silently skipped.
+
+    Raises:
+        EtlError: an input gave no good row.
+    """
+    per_file: dict[str, int] = {}
+    for label, n in zip(labels, rows):
+        per_file[label] = per_file.get(label, 0) + n
+    for path in paths:
+        if per_file.get(path.name, 0) == 0:
+            reasons = bad.as_dict().get(path.name, {})
+            found = (
+                ", ".join(f"{n} {reason}" for reason, n in reasons.items())
+                if reasons
+                else f"{path.stat().st_size} bytes"
+            )
+            raise EtlError(
+                f"{path}: no valid row ({found}); check that it is the right file, or "
+                "download it again"
+            )
 
 
 def _ratings_task(task: _RatingsTask) -> tuple[int, BadRows]:
@@ -196,10 +246,7 @@ def partition_big_files(
     *,
     n_parts: int = 16,
     chunk_bytes: int = CHUNK_BYTES,
-    workers: int = 1,
-    engine: str = "multiprocess",
-    ray_address: str | None = None,
-    progress: bool = True,
+    engine: Engine = DEFAULT_ENGINE,
 ) -> dict:
     """Split the ratings into `work_dir/ratings/part-*` by user hash and metadata into `work_dir/meta`.
 
@@ -213,52 +260,51 @@ def partition_big_files(
     meta_files = metadata_sources(raw_dir)
     if not rating_files:
         raise EtlError(
-            f"no 2018 ratings in {raw_dir}: place all_csv_files.csv (or <Category>.csv) there, "
-            "or run --step download_raw_files"
+            f"no 2018 ratings in {raw_dir}: place {_ALL_RATINGS.name} (or <Category>.csv) "
+            "there, or run --step download_raw_files"
         )
     if not meta_files:
         raise EtlError(
-            f"no 2018 metadata in {raw_dir}: place All_Amazon_Meta.json.gz (or "
+            f"no 2018 metadata in {raw_dir}: place {_ALL_META.name} (or "
             "meta_<Category>.json.gz) there, or run --step download_raw_files"
         )
     if n_parts < 1:
-        raise ValueError(f"n_parts={n_parts}; pass --partitions 1 or more")
+        raise EtlError(f"n_parts={n_parts}; pass --partitions 1 or more")
     bad = BadRows()
-    ratings_chunk = balanced_chunk_bytes(rating_files, chunk_bytes, workers)
+    ratings_chunk = balanced_chunk_bytes(rating_files, chunk_bytes, engine.workers)
     with staging_dir(work_dir / "ratings") as tmp:
         for p in range(n_parts):
             (tmp / f"part-{p:04d}").mkdir()
+        labels: list[str] = []
         tasks = (
-            _RatingsTask(w, kind, n_parts, str(tmp)) for w in iter_work(rating_files, ratings_chunk)
+            _RatingsTask(w, kind, n_parts, str(tmp))
+            for w in _labelled(iter_work(rating_files, ratings_chunk), labels)
         )
-        results = map_tasks(
+        results = engine.map(
             _ratings_task,
             tasks,
-            workers=workers,
-            engine=engine,
-            ray_address=ray_address,
             desc="partition ratings",
-            progress=progress,
             total=count_work(rating_files, ratings_chunk),
         )
         rating_rows = sum(n for n, _ in results)
         for _, b in results:
             bad.merge(b)
+        _check_rows_read(rating_files, labels, [n for n, _ in results], bad)
     with staging_dir(work_dir / "meta") as tmp:
-        tasks = (_MetaTask(w, str(tmp)) for w in iter_work(meta_files, chunk_bytes))
-        results = map_tasks(
+        labels = []
+        tasks = (
+            _MetaTask(w, str(tmp)) for w in _labelled(iter_work(meta_files, chunk_bytes), labels)
+        )
+        results = engine.map(
             _meta_task,
             tasks,
-            workers=workers,
-            engine=engine,
-            ray_address=ray_address,
             desc="partition metadata",
-            progress=progress,
             total=count_work(meta_files, chunk_bytes),
         )
         meta_rows = sum(n for n, _ in results)
         for _, b in results:
             bad.merge(b)
+        _check_rows_read(meta_files, labels, [n for n, _ in results], bad)
     return {
         "counts": [
             {

@@ -12,29 +12,33 @@ Layout of OUT:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from etl.engine import Engine
 from etl.errors import EtlError
 from etl.finetune import (
-    FINETUNE_SETS,
     build_beauty_and_sports_datasets,
     finetune_inputs,
+    finetune_reviews_missing,
     finetune_users,
 )
 from etl.manifest import (
+    DigestCache,
     fingerprint,
     is_fresh,
     load_manifest,
+    output_lock,
     remove_stale_temporaries,
     write_manifest,
 )
 from etl.metadata import tokenize_metadata, train_sentence_piece
 from etl.partition import metadata_sources, partition_big_files, ratings_sources
 from etl.ratings import post_process_ratings
-from etl.readers import CHUNK_BYTES, BadRows, find_raw_file
+from etl.readers import CHUNK_BYTES, BadRows
 from etl.scaling import build_scaling_datasets, size_label
 from etl.text import DEFAULT_VOCAB
 
@@ -57,16 +61,13 @@ class EtlOptions:
     raw_dir: Path
     out_dir: Path
     sizes: tuple[int, ...] = DEFAULT_SIZES
-    workers: int = 1
-    engine: str = "multiprocess"
-    ray_address: str | None = None
+    engine: Engine = field(default_factory=Engine)  # workers, Ray, progress bars
     seed: int = 42
     force: bool = False
     vocab_size: int = DEFAULT_VOCAB
     partitions: int = 16
     chunk_bytes: int = CHUNK_BYTES
     spm_max_items: int = 2_000_000  # items whose text trains SentencePiece (seeded choice above)
-    progress: bool = True
 
     @property
     def work_dir(self) -> Path:
@@ -77,15 +78,6 @@ class EtlOptions:
     def spm_model(self) -> Path:
         """The SentencePiece model file."""
         return self.out_dir / "sentencepiece" / "spm.model"
-
-    def engine_kwargs(self) -> dict:
-        """Keyword arguments for the steps that map over parts."""
-        return {
-            "workers": self.workers,
-            "engine": self.engine,
-            "ray_address": self.ray_address,
-            "progress": self.progress,
-        }
 
 
 @dataclass
@@ -113,12 +105,10 @@ def _raw_inputs(o: EtlOptions) -> list[Path]:
 def _run_post_process(o: EtlOptions) -> dict:
     bad = BadRows()
     excluded = finetune_users(o.raw_dir, bad)
-    summary = post_process_ratings(o.work_dir, excluded, **o.engine_kwargs())
+    summary = post_process_ratings(o.work_dir, excluded, engine=o.engine)
     summary["bad_rows"] = bad.as_dict()
     # Without a 5-core file its users cannot be excluded: say so in the manifest and table.
-    summary["finetune_reviews_missing"] = [
-        reviews for _, reviews, _ in FINETUNE_SETS if find_raw_file(o.raw_dir, reviews) is None
-    ]
+    summary["finetune_reviews_missing"] = finetune_reviews_missing(o.raw_dir)
     return summary
 
 
@@ -136,7 +126,7 @@ _STEP_TABLE: dict[str, _Step] = {
             o.work_dir,
             n_parts=o.partitions,
             chunk_bytes=o.chunk_bytes,
-            **o.engine_kwargs(),
+            engine=o.engine,
         ),
     ),
     "train_sentence_piece": _Step(
@@ -151,7 +141,7 @@ _STEP_TABLE: dict[str, _Step] = {
         inputs=lambda o: [o.work_dir / "meta", o.spm_model],
         params=lambda o: {},
         outputs=lambda o: [o.work_dir / "items.parquet"],
-        run=lambda o: tokenize_metadata(o.work_dir, o.spm_model, **o.engine_kwargs()),
+        run=lambda o: tokenize_metadata(o.work_dir, o.spm_model, engine=o.engine),
     ),
     "post_process_ratings": _Step(
         inputs=lambda o: [
@@ -168,7 +158,7 @@ _STEP_TABLE: dict[str, _Step] = {
         params=lambda o: {"sizes": sorted(set(o.sizes)), "seed": o.seed},
         outputs=_scaling_names,
         run=lambda o: build_scaling_datasets(
-            o.work_dir, o.out_dir, list(o.sizes), seed=o.seed, **o.engine_kwargs()
+            o.work_dir, o.out_dir, list(o.sizes), seed=o.seed, engine=o.engine
         ),
     ),
     "build_beauty_and_sports_datasets": _Step(
@@ -185,14 +175,11 @@ _STEP_TABLE: dict[str, _Step] = {
 def _download(o: EtlOptions, only_if_missing: bool) -> StepResult:
     if only_if_missing and ratings_sources(o.raw_dir)[1] and metadata_sources(o.raw_dir):
         return StepResult("download_raw_files", "skipped", {"reason": "raw inputs already in RAW"})
-    # The other helper's module; imported here so the other steps never depend on it.
-    from etl.download import DownloadError, download_raw_files
+    # Imported here so the other steps never depend on it; its DownloadError is an EtlError.
+    from etl.download import download_raw_files
 
     start = time.perf_counter()
-    try:
-        files = download_raw_files(o.raw_dir, progress=o.progress)
-    except DownloadError as exc:
-        raise EtlError(str(exc)) from exc
+    files = download_raw_files(o.raw_dir, progress=o.engine.progress)
     return StepResult(
         "download_raw_files", "ran", {"files": [str(f) for f in files]}, time.perf_counter() - start
     )
@@ -214,24 +201,48 @@ def _check_prerequisites(step: str, o: EtlOptions) -> None:
             )
 
 
+def _check_folders(o: EtlOptions) -> None:
+    """RAW and OUT must be folders (or not exist yet); OUT is created."""
+    for flag, path in (("--raw-dir", o.raw_dir), ("--out-dir", o.out_dir)):
+        if os.path.lexists(path) and not path.is_dir():
+            raise EtlError(f"{flag} {path} is not a folder; pass a folder path")
+    o.out_dir.mkdir(parents=True, exist_ok=True)
+
+
 def run_step(step: str, options: EtlOptions) -> StepResult:
     """Run one step unless its manifest shows it is fresh (or `options.force`).
 
+    Holds the lock of `options.out_dir` while it runs.
+
     Raises:
-        ValueError: unknown step name.
-        EtlError: missing or corrupt input (nothing is published for the failed step).
+        EtlError: unknown step name; missing, empty or corrupt input; another run holds
+            the output folder; a worker process died (nothing is published for the step).
+        OSError: the output folder cannot be written (read-only, full disk); the exception
+            carries a note naming the step.
     """
-    if step == "download_raw_files":
-        return _download(options, only_if_missing=False)
-    if step not in _STEP_TABLE:
-        raise ValueError(f"unknown step {step!r}; choose one of {', '.join(STEPS)} or all")
+    if step != "download_raw_files" and step not in _STEP_TABLE:
+        raise EtlError(f"unknown step {step!r}; choose one of {', '.join(STEPS)} or all")
+    _check_folders(options)
+    with output_lock(options.out_dir):
+        try:
+            if step == "download_raw_files":
+                return _download(options, only_if_missing=False)
+            return _run_step(step, options)
+        except OSError as exc:
+            exc.add_note(f"step {step}, output folder {options.out_dir}")
+            raise
+
+
+def _run_step(step: str, options: EtlOptions) -> StepResult:
     spec = _STEP_TABLE[step]
     out = options.out_dir
-    for directory in (out, options.work_dir, options.spm_model.parent):
+    for directory in (out, options.work_dir, options.spm_model.parent, out / "manifests"):
         remove_stale_temporaries(directory)
     _check_prerequisites(step, options)
     params = spec.params(options)
-    inputs = fingerprint(spec.inputs(options), out)
+    digests = DigestCache(out, workers=options.engine.workers)
+    inputs = fingerprint(spec.inputs(options), out, digests, content_under=options.raw_dir)
+    digests.save()
     if not options.force and is_fresh(out, step, params, inputs):
         return StepResult(step, "skipped", load_manifest(out, step) or {})
     start = time.perf_counter()
@@ -244,13 +255,22 @@ def run_step(step: str, options: EtlOptions) -> StepResult:
 
 
 def run_pipeline(step: str, options: EtlOptions) -> list[StepResult]:
-    """Run `step`, or every step in order for 'all' (download only when RAW lacks inputs)."""
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    """Run `step`, or every step in order for 'all' (download only when RAW lacks inputs).
+
+    Holds the lock of `options.out_dir` throughout, so a second run on the same output
+    folder fails at once (see `run_step` for what it raises).
+    """
     if step != "all":
         return [run_step(step, options)]
-    results = [_download(options, only_if_missing=True)]
-    for name in STEPS[1:]:
-        results.append(run_step(name, options))
+    _check_folders(options)
+    with output_lock(options.out_dir):
+        try:
+            results = [_download(options, only_if_missing=True)]
+        except OSError as exc:
+            exc.add_note(f"step download_raw_files, output folder {options.out_dir}")
+            raise
+        for name in STEPS[1:]:
+            results.append(run_step(name, options))
     return results
 
 

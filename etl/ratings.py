@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from etl.engine import map_tasks
+from etl.engine import DEFAULT_ENGINE, Engine
 from etl.hashing import stable_hash64
 from etl.manifest import staging_dir
 from etl.readers import RATINGS_SCHEMA
@@ -122,10 +122,7 @@ def post_process_ratings(
     work_dir: Path,
     excluded_users: pa.Array,
     *,
-    workers: int = 1,
-    engine: str = "multiprocess",
-    ray_address: str | None = None,
-    progress: bool = True,
+    engine: Engine = DEFAULT_ENGINE,
 ) -> dict:
     """Build the pre-training pool `work_dir/pool/part-*.parquet` from the ratings parts.
 
@@ -147,14 +144,10 @@ def post_process_ratings(
             )
             for d in part_dirs
         ]
-        results = map_tasks(
+        results = engine.map(
             _pool_task,
             tasks,
-            workers=workers,
-            engine=engine,
-            ray_address=ray_address,
             desc="post-process ratings",
-            progress=progress,
         )
     counts = []
     for i, stage in enumerate(STAGES):

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ast
 import gzip
+import math
 import os
+import stat
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -116,20 +118,63 @@ class Chunk:
     end: int = -1  # -1: to the end (always for gzip)
 
 
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def check_regular_file(path: Path) -> Path:
+    """`path` when it is a regular file (or a link to one); inputs are never opened otherwise
+    (opening a FIFO would block for ever).
+
+    Raises:
+        EtlError: `path` is missing, a broken link, a directory, a FIFO, a socket or a device.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        what = "a broken link" if os.path.islink(path) else "missing"
+        raise EtlError(f"input {path} is {what}; place the file there") from None
+    except OSError as exc:
+        raise EtlError(f"cannot read {path}: {exc.strerror or exc}; check the file") from exc
+    if not stat.S_ISREG(mode):
+        raise EtlError(
+            f"input {path} is {_kind_of(mode)}, not a regular file; replace it with the file"
+        )
+    return Path(path)
+
+
 def is_gzip(path: Path) -> bool:
-    """True when the file starts with the gzip magic bytes (whatever its name)."""
-    with open(path, "rb") as f:
+    """True when the file starts with the gzip magic bytes (whatever its name).
+
+    Raises:
+        EtlError: `path` is not a regular file (see `check_regular_file`).
+    """
+    with open(check_regular_file(path), "rb") as f:
         return f.read(2) == b"\x1f\x8b"
 
 
 def find_raw_file(raw_dir: Path, name: str) -> Path | None:
-    """`raw_dir/name` or `raw_dir/name.gz` (or without `.gz` when `name` has it), if present."""
+    """`raw_dir/name` or `raw_dir/name.gz` (or without `.gz` when `name` has it), if present.
+
+    Raises:
+        EtlError: something other than a regular file (a directory, a FIFO, a broken link)
+            has one of these names.
+    """
     candidates = [name, name + ".gz"]
     if name.endswith(".gz"):
         candidates = [name, name[:-3]]
     for cand in candidates:
-        if (raw_dir / cand).is_file():
-            return raw_dir / cand
+        path = raw_dir / cand
+        if os.path.lexists(path):
+            return check_regular_file(path)
     return None
 
 
@@ -141,6 +186,7 @@ def plan_chunks(paths: list[Path], chunk_bytes: int = CHUNK_BYTES) -> list[Chunk
     """
     chunks: list[Chunk] = []
     for path in paths:
+        check_regular_file(path)
         try:
             if is_gzip(path):
                 chunks.append(Chunk(str(path), len(chunks)))
@@ -243,26 +289,21 @@ def _ratings_csv_fast(block: bytes) -> pa.Table | None:
     # number that the slow path rejects (the two paths must agree on every row).
     if b'"' in block or b"\t" in block or b" " in block:
         return None
-    bad_shape = False
-
-    def on_invalid(_row: Any) -> str:
-        nonlocal bad_shape
-        bad_shape = True
-        return "skip"
-
     try:
+        # No invalid-row handler: pyarrow decodes a row's text to hand it over, which fails
+        # on invalid UTF-8; any bad row raises here instead and the slow path counts it.
         table = pacsv.read_csv(
             pa.py_buffer(block),
             read_options=pacsv.ReadOptions(
                 column_names=list(_TYPED), use_threads=False, block_size=len(block) + 1
             ),
-            parse_options=pacsv.ParseOptions(quote_char=False, invalid_row_handler=on_invalid),
+            parse_options=pacsv.ParseOptions(quote_char=False),
             convert_options=pacsv.ConvertOptions(column_types=_TYPED, strings_can_be_null=False),
         )
-    except pa.ArrowInvalid:  # a non-numeric value or invalid UTF-8
+    except pa.ArrowInvalid:  # a wrong column count, a non-numeric value or invalid UTF-8
         return None
     table = table.select(["user", "item", "rating", "timestamp"])
-    if bad_shape or any(table.column(c).null_count for c in ("rating", "timestamp")):
+    if any(table.column(c).null_count for c in ("rating", "timestamp")):
         return None
     if table.num_rows == 0:
         return table
@@ -277,6 +318,27 @@ def _ratings_csv_fast(block: bytes) -> pa.Table | None:
     return table
 
 
+def _keep_four_field_lines(block: bytes) -> tuple[bytes, int]:
+    """The block without its lines of other than 4 comma-separated fields, and their number.
+
+    Done on the bytes (numpy), never decoding: a bad line may hold invalid UTF-8. Lines end
+    at '\n' or '\r' as for pyarrow's CSV reader; empty lines are kept (it skips them).
+    """
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero((data == ord("\n")) | (data == ord("\r")))  # [L] terminators
+    if len(data) and (not len(ends) or ends[-1] != len(data) - 1):
+        ends = np.append(ends, len(data))  # a last line without terminator
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    commas = np.flatnonzero(data == ord(","))
+    fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1  # [L]
+    wrong = (fields != 4) & (ends > starts)
+    n_wrong = int(wrong.sum())
+    if not n_wrong:
+        return block, 0
+    lengths = np.diff(np.append(starts, len(data)))  # each line with its terminator
+    return data[np.repeat(~wrong, lengths)].tobytes(), n_wrong
+
+
 def parse_ratings_csv(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
     """Parse `item,user,rating,timestamp` lines (no header) into (user, item, rating, timestamp).
 
@@ -284,23 +346,23 @@ def parse_ratings_csv(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
     skipped and counted in `bad` under `file_label`. The returned table has no `order` yet.
     """
 
-    def on_invalid(_row: Any) -> str:
-        bad.add(file_label, WRONG_COLUMN_COUNT)
-        return "skip"
-
     names = ["item", "user", "rating", "timestamp"]
     if not block or block.isspace():
         return RATINGS_SCHEMA.remove(RATINGS_SCHEMA.get_field_index("order")).empty_table()
     fast = _ratings_csv_fast(block)
     if fast is not None:
         return fast
+    block, wrong_shape = _keep_four_field_lines(block)
+    bad.add(file_label, WRONG_COLUMN_COUNT, wrong_shape)
+    if not block or block.isspace():
+        return RATINGS_SCHEMA.remove(RATINGS_SCHEMA.get_field_index("order")).empty_table()
     table = pacsv.read_csv(
         pa.py_buffer(block),
         read_options=pacsv.ReadOptions(
             column_names=names, use_threads=False, block_size=max(len(block), 1 << 20) + 1
         ),
         # No quoting in these files; a stray quote must not swallow the following lines.
-        parse_options=pacsv.ParseOptions(quote_char=False, invalid_row_handler=on_invalid),
+        parse_options=pacsv.ParseOptions(quote_char=False),
         convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in names}),
     )
     n = table.num_rows
@@ -373,18 +435,38 @@ def _split_lines(block: bytes) -> list[bytes]:
     return [line for line in lines if line.strip()]
 
 
+# Conversion errors a malformed field can raise; each is counted as a bad row, never raised.
+_CONVERSION_ERRORS = (TypeError, ValueError, OverflowError, UnicodeError)
+_INT64_LIMIT = 1 << 63
+
+
 def _number(value: Any) -> float | None:
-    """A JSON number or numeric string as float; None when it is not one."""
-    if isinstance(value, bool):
+    """A JSON number or numeric string as a finite float; None when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    try:
+        number = float(value)
+    except _CONVERSION_ERRORS:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _timestamp(value: Any) -> int | None:
+    """Unix seconds as an int in [0, 2**63): a JSON integer, an integral finite number or a
+    numeric string; None otherwise (NaN, infinity, fractional, negative, out of int64)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        stamp = value  # exact, however large
+    elif isinstance(value, str) and value.strip().isdigit():
         try:
-            return float(value)
-        except ValueError:
+            stamp = int(value)
+        except _CONVERSION_ERRORS:
             return None
-    return None
+    else:
+        number = _number(value)
+        if number is None or number != int(number):
+            return None
+        stamp = int(number)
+    return stamp if 0 <= stamp < _INT64_LIMIT else None
 
 
 def parse_review_lines(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
@@ -424,14 +506,14 @@ def parse_review_lines(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
         if rating is None:
             bad.add(file_label, BAD_RATING)
             continue
-        stamp = _number(rec["unixReviewTime"])
-        if stamp is None or stamp < 0 or stamp != int(stamp):
+        stamp = _timestamp(rec["unixReviewTime"])
+        if stamp is None:
             bad.add(file_label, BAD_TIMESTAMP)
             continue
         users.append(user)
         items.append(item)
         ratings.append(rating)
-        stamps.append(int(stamp))
+        stamps.append(stamp)
     return pa.table(
         {
             "user": pa.array(users, pa.string()),
@@ -446,12 +528,18 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _meta_row(asin: Any, title: Any, brand: Any, categories: Any) -> tuple | None:
+def _meta_row(asin: Any, title: Any, brand: Any, categories: Any) -> tuple[tuple | None, str]:
+    """(asin, title, brand, category_l1..l3) and '', or None and the reason to skip the row."""
     if not isinstance(asin, str) or not asin or not _id_ok(asin):
-        return None
+        return None, MISSING_FIELD
     cats = [c for c in categories if isinstance(c, str)] if isinstance(categories, list) else []
-    cats = (cats + ["", "", ""])[:3]
-    return (asin, _text(title), _text(brand), *cats)
+    row = (asin, _text(title), _text(brand), *(cats + ["", "", ""])[:3])
+    try:
+        # A Python literal can hold a lone surrogate ('\ud800'), which UTF-8 cannot encode.
+        "".join(row).encode("utf-8")
+    except UnicodeEncodeError:
+        return None, NON_UTF8
+    return row, ""
 
 
 def _meta_table(rows: list[tuple]) -> pa.Table:
@@ -526,13 +614,14 @@ def parse_meta_2018_lines(block: bytes, file_label: str, bad: BadRows) -> pa.Tab
                 continue
             bad.add(file_label, MALFORMED_JSON)
             continue
-        row = (
-            _meta_row(rec.get("asin"), rec.get("title"), rec.get("brand"), rec.get("category"))
-            if isinstance(rec, dict)
-            else None
+        if not isinstance(rec, dict):
+            bad.add(file_label, MALFORMED_JSON)
+            continue
+        row, reason = _meta_row(
+            rec.get("asin"), rec.get("title"), rec.get("brand"), rec.get("category")
         )
         if row is None:
-            bad.add(file_label, MISSING_FIELD if isinstance(rec, dict) else MALFORMED_JSON)
+            bad.add(file_label, reason)
             continue
         rows.append(row)
     return _meta_table(rows)
@@ -553,7 +642,8 @@ def parse_meta_2014_lines(block: bytes, file_label: str, bad: BadRows) -> pa.Tab
         try:
             # Some copies of the 2014 metadata were converted to strict JSON: accept both.
             rec = orjson.loads(line) if text.startswith('{"') else ast.literal_eval(text)
-        except (orjson.JSONDecodeError, ValueError, SyntaxError, MemoryError, RecursionError):
+        except (*_CONVERSION_ERRORS, SyntaxError, MemoryError, RecursionError):
+            # TypeError: a dict literal with an unhashable key ({[1]: 2}).
             bad.add(file_label, MALFORMED_LITERAL)
             continue
         if not isinstance(rec, dict):
@@ -561,9 +651,9 @@ def parse_meta_2014_lines(block: bytes, file_label: str, bad: BadRows) -> pa.Tab
             continue
         paths = rec.get("categories")
         first = paths[0] if isinstance(paths, list) and paths and isinstance(paths[0], list) else []
-        row = _meta_row(rec.get("asin"), rec.get("title"), rec.get("brand"), first)
+        row, reason = _meta_row(rec.get("asin"), rec.get("title"), rec.get("brand"), first)
         if row is None:
-            bad.add(file_label, MISSING_FIELD)
+            bad.add(file_label, reason)
             continue
         rows.append(row)
     return _meta_table(rows)
@@ -587,6 +677,14 @@ def sniff_json_lines(path: Path) -> bool:
 
 Parser = Callable[[bytes, str, BadRows], pa.Table]
 
+# The parser of each format of the raw file table (`etl.raw_files.FORMATS`).
+PARSERS: dict[str, Parser] = {
+    "ratings_csv": parse_ratings_csv,
+    "reviews_json": parse_review_lines,
+    "meta_json": parse_meta_2018_lines,
+    "meta_literal": parse_meta_2014_lines,
+}
+
 
 def _with_order(table: pa.Table, index: int) -> pa.Table:
     order = (np.int64(index) << np.int64(32)) + np.arange(table.num_rows, dtype=np.int64)
@@ -600,17 +698,41 @@ def _empty(parser: Parser) -> pa.Table:
     return schema.remove(schema.get_field_index("order")).empty_table()
 
 
+def _parse(parser: Parser, block: bytes, label: str, bad: BadRows, where: str) -> pa.Table:
+    """`parser(block, label, bad)`; input that pyarrow cannot parse at all names the file."""
+    try:
+        return parser(block, label, bad)
+    except pa.ArrowInvalid as exc:
+        cause = (str(exc).splitlines() or ["?"])[0][:200]
+        fmt = next((name for name, p in PARSERS.items() if p is parser), parser.__name__)
+        raise EtlError(
+            f"{where}: cannot be parsed as {fmt} ({cause}); check that it is the right file, "
+            "or download it again"
+        ) from exc
+
+
 def read_block(data: bytes, index: int, parser: Parser, label: str, bad: BadRows) -> pa.Table:
-    """Parse one block of whole lines that a parent process read, with `order` from `index`."""
-    table = _empty(parser) if not data or data.isspace() else parser(data, label, bad)
-    return _with_order(table, index)
+    """Parse one block of whole lines that a parent process read, with `order` from `index`.
+
+    Raises:
+        EtlError: pyarrow cannot parse the block at all (the message names `label`).
+    """
+    if not data or data.isspace():
+        return _with_order(_empty(parser), index)
+    return _with_order(_parse(parser, data, label, bad, label), index)
 
 
 def read_chunk(chunk: Chunk, parser: Parser, bad: BadRows) -> pa.Table:
-    """Parse one chunk block by block and add the `order` column (see module docstring)."""
+    """Parse one chunk block by block and add the `order` column (see module docstring).
+
+    Raises:
+        EtlError: the file is unreadable, a truncated gzip, or cannot be parsed at all.
+    """
     label = os.path.basename(chunk.path)
     block_bytes = CSV_BLOCK_BYTES if parser is parse_ratings_csv else BLOCK_BYTES
-    tables = [parser(block, label, bad) for block in iter_blocks(chunk, block_bytes)]
+    tables = [
+        _parse(parser, block, label, bad, chunk.path) for block in iter_blocks(chunk, block_bytes)
+    ]
     tables = [t for t in tables if t.num_rows]
     table = pa.concat_tables(tables) if tables else _empty(parser)
     return _with_order(table, chunk.index)
@@ -620,9 +742,10 @@ def read_file(path: Path, parser: Parser, bad: BadRows | None = None) -> pa.Tabl
     """Read a whole file with `parser` in one process (small files, tests).
 
     Raises:
-        EtlError: the file is missing, unreadable or a truncated gzip.
+        EtlError: the file is missing, not a regular file, unreadable or a truncated gzip.
     """
-    if not Path(path).is_file():
+    if not os.path.lexists(path):
         raise EtlError(f"input file not found: {path}; place it there or fix the path")
+    check_regular_file(Path(path))
     bad = bad if bad is not None else BadRows()
     return read_chunk(Chunk(str(path), 0), parser, bad)

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 from etl.manifest import atomic_write_bytes
+from etl.raw_files import finetune_set
 
 REFERENCE = "seqrec_reference"
+BEAUTY = finetune_set("amazon-beauty")  # the raw file names written here
 
 
 def _read_gz_json(path: Path) -> dict:
@@ -47,7 +49,8 @@ def _gzip_bytes(lines: list[bytes]) -> bytes:
 
 
 def write_beauty_2014_from_reference(shared_data_dir: Path, raw_dir: Path) -> dict[str, Path]:
-    """Write `reviews_Beauty_5.json.gz` and `meta_Beauty.json.gz` (2014 formats) into `raw_dir`.
+    """Write the Beauty 5-core reviews and metadata of the raw file table (2014 formats:
+    `reviews_Beauty_5.json.gz`, `meta_Beauty.json.gz`) into `raw_dir`.
 
     Reviews are strict JSON lines with the 2014 fields (`overall` is not in the benchmark
     and is written as 5.0). Metadata lines are Python literals with `brand` (heuristic: an
@@ -86,7 +89,7 @@ def write_beauty_2014_from_reference(shared_data_dir: Path, raw_dir: Path) -> di
             records.append((-stamp, u, pos, (json.dumps(review) + "\n").encode()))
     records.sort(key=lambda r: r[:3])
     raw_dir = Path(raw_dir)
-    reviews = raw_dir / "reviews_Beauty_5.json.gz"
+    reviews = raw_dir / BEAUTY.reviews.name
     atomic_write_bytes(reviews, _gzip_bytes([r[3] for r in records]))
 
     attributes = _read_gz_json(ref / "Beauty_item2attributes.json.gz")
@@ -98,6 +101,7 @@ def write_beauty_2014_from_reference(shared_data_dir: Path, raw_dir: Path) -> di
         cats = [id2attr[str(a)] for a in (attrs[1:] if brand else attrs)]
         record = {"asin": id2item[item], "brand": brand, "categories": [["Beauty", *cats]]}
         meta_lines.append((repr(record) + "\n").encode())
-    meta = raw_dir / "meta_Beauty.json.gz"
+    assert BEAUTY.meta is not None, "the raw file table lists meta_Beauty"
+    meta = raw_dir / BEAUTY.meta.name
     atomic_write_bytes(meta, _gzip_bytes(meta_lines))
     return {"reviews": reviews, "meta": meta}

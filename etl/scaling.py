@@ -20,7 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from etl.atomic_files import write_inter, write_item
-from etl.engine import map_tasks
+from etl.engine import DEFAULT_ENGINE, Engine
 from etl.errors import EtlError
 from etl.hashing import sample_keys
 from etl.manifest import staging_dir
@@ -120,10 +120,7 @@ def build_scaling_datasets(
     sizes: list[int],
     *,
     seed: int,
-    workers: int = 1,
-    engine: str = "multiprocess",
-    ray_address: str | None = None,
-    progress: bool = True,
+    engine: Engine = DEFAULT_ENGINE,
 ) -> dict:
     """Write `out_dir/amazon-<size>/amazon-<size>.{inter,item}` for every size.
 
@@ -131,21 +128,13 @@ def build_scaling_datasets(
         summary dict with `counts` (users, items, interactions per dataset) and `datasets`.
 
     Raises:
-        EtlError: a size exceeds the pool.
+        EtlError: no size, or a size exceeds the pool.
     """
     sizes = sorted(set(sizes))
     if not sizes:
-        raise ValueError("no dataset size given; pass --sizes such as 100K,1M")
+        raise EtlError("no dataset size given; pass --sizes such as 100K,1M")
     parts = sorted((work_dir / "pool").glob("part-*.parquet"))
-    per_part = map_tasks(
-        _user_counts_task,
-        [str(p) for p in parts],
-        workers=workers,
-        engine=engine,
-        ray_address=ray_address,
-        desc="count users",
-        progress=progress,
-    )
+    per_part = engine.map(_user_counts_task, [str(p) for p in parts], desc="count users")
     users = pa.concat_arrays([u for u, _ in per_part]) if per_part else pa.array([], pa.string())
     counts = np.concatenate([c for _, c in per_part]) if per_part else np.zeros(0, np.int64)
     part_of_user = np.repeat(np.arange(len(per_part)), [len(c) for _, c in per_part])
@@ -157,14 +146,10 @@ def build_scaling_datasets(
     for p, path in enumerate(parts):
         mine = selected[part_of_user[selected] == p]
         tasks.append(_SelectTask(str(path), users.take(pa.array(mine)), rank[mine]))
-    rows = map_tasks(
+    rows = engine.map(
         _select_task,
         tasks,
-        workers=workers,
-        engine=engine,
-        ray_address=ray_address,
         desc="select users",
-        progress=progress,
     )
     table = pa.concat_tables(rows)
     order = np.lexsort(

@@ -1,6 +1,7 @@
 """Synthetic raw data in the exact formats of the Amazon review releases the ETL reads.
 
-`generate(out_dir, interactions, seed)` writes into `out_dir`, under the real file names:
+`generate(out_dir, interactions, seed)` writes into `out_dir`, under the real file names (those
+of the raw file table, `etl.raw_files`):
 
 - `all_csv_files.csv`: the 2018 ratings-only CSV, rows `item,user,rating,timestamp`, no header;
 - `All_Amazon_Meta.json.gz`: 2018 metadata, strict JSON lines with the real field set;
@@ -49,17 +50,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-RATINGS_FILE = "all_csv_files.csv"
-META_2018_FILE = "All_Amazon_Meta.json.gz"
+from etl.raw_files import finetune_set, the_file
+
+# The file names come from the raw file table.
+RATINGS_FILE = the_file("ratings", "amazon-2018").name
+META_2018_FILE = the_file("metadata", "amazon-2018").name
+
+
+def _domain(dataset: str, root: str, main_cat: str) -> tuple[str, str, str, str]:
+    files = finetune_set(dataset)
+    assert files.meta is not None, f"the raw file table has no metadata file for {dataset}"
+    return files.reviews.name, files.meta.name, root, main_cat
+
+
 FINETUNE_DOMAINS = {
     # domain -> (2014 review file, 2014 metadata file, category root, main_cat in 2018 metadata)
-    "Beauty": ("reviews_Beauty_5.json.gz", "meta_Beauty.json.gz", "Beauty", "All Beauty"),
-    "Sports_and_Outdoors": (
-        "reviews_Sports_and_Outdoors_5.json.gz",
-        "meta_Sports_and_Outdoors.json.gz",
-        "Sports & Outdoors",
-        "Sports & Outdoors",
-    ),
+    "Beauty": _domain("amazon-beauty", "Beauty", "All Beauty"),
+    "Sports_and_Outdoors": _domain("amazon-sports", "Sports & Outdoors", "Sports & Outdoors"),
 }
 
 # Field order of the real 2018 metadata lines (meta_Magazine_Subscriptions.json.gz).

@@ -65,11 +65,13 @@ def train_sentencepiece(
         vocab_size: target vocabulary size (pieces), at least 8.
 
     Raises:
-        ValueError: `vocab_size` < 8.
-        EtlError: no non-empty sentence.
+        EtlError: `vocab_size` < 8, or smaller than the characters of the text need (the
+            message names --vocab-size and the smallest value that works); no sentence.
     """
     if vocab_size < 8:
-        raise ValueError(f"vocab_size={vocab_size} is too small; pass at least 8")
+        raise EtlError(
+            f"--vocab-size {vocab_size} is too small; pass at least 8 (default {DEFAULT_VOCAB})"
+        )
     corpus = [s for s in sentences if s]
     if not corpus:
         raise EtlError("no item text to train SentencePiece on; check the metadata files")
@@ -77,6 +79,33 @@ def train_sentencepiece(
     # The model is written to memory: with a model_prefix, SentencePiece stores that path
     # inside the model, which would make the bytes depend on the output folder.
     buffer = io.BytesIO()
+    try:
+        _train(corpus, buffer, vocab_size)
+    except RuntimeError as exc:
+        need = _REQUIRED_CHARS.search(str(exc))
+        if need is None:
+            raise
+        raise EtlError(
+            f"--vocab-size {vocab_size} is too small for this text: SentencePiece needs "
+            f"{need.group(1)} pieces for its characters alone; pass --vocab-size "
+            f"{need.group(1)} or more (default {DEFAULT_VOCAB})"
+        ) from None
+    model = buffer.getvalue()
+    processor = spm.SentencePieceProcessor(model_proto=model)
+    vocab = "".join(
+        f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
+        for i in range(processor.get_piece_size())
+    )
+    atomic_write_bytes(model_path.with_suffix(".vocab"), vocab.encode())
+    atomic_write_bytes(model_path, model)
+    return model_path
+
+
+# SentencePiece's message when the vocabulary cannot hold every character: "... 60 vs 64."
+_REQUIRED_CHARS = re.compile(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)")
+
+
+def _train(corpus: list[str], buffer: io.BytesIO, vocab_size: int) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus),
         model_writer=buffer,
@@ -90,15 +119,6 @@ def train_sentencepiece(
         max_sentence_length=1 << 16,
         minloglevel=2,
     )
-    model = buffer.getvalue()
-    processor = spm.SentencePieceProcessor(model_proto=model)
-    vocab = "".join(
-        f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
-        for i in range(processor.get_piece_size())
-    )
-    atomic_write_bytes(model_path.with_suffix(".vocab"), vocab.encode())
-    atomic_write_bytes(model_path, model)
-    return model_path
 
 
 class Tokenizer:

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout too
+
+from etl.raw_files import the_file  # noqa: E402  (the raw file table: no heavy import)
 
 
 def run(cmd: list[str], cwd: Path) -> None:
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = f"sqlite:///{out / 'mlruns.sqlite'}"
     started = time.time()
 
-    if not (raw / "all_csv_files.csv").exists():
+    if not (raw / the_file("ratings", "amazon-2018").name).exists():
         run([py, "-m", "etl.synthetic", "--out", str(raw), "--interactions", str(args.interactions),
              "--seed", str(args.seed), "--finetune-users", str(args.finetune_users)], REPO)  # fmt: skip
     run([py, "scripts/scaling_datasets.py", "--step", "all", "--raw-dir", str(raw), "--out-dir", str(data),

@@ -9,22 +9,14 @@ import threading
 import time
 import urllib.error
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from etl.download import (
-    BASE_URL_2014,
-    BASE_URL_2018,
-    RAW_FILES,
-    DownloadError,
-    RawFile,
-    _is_offline,
-    download_raw_files,
-    file_url,
-)
+from etl.download import DownloadError, _is_offline, download_raw_files, file_url
+from etl.raw_files import RAW_FILES, RawFile
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -98,13 +90,15 @@ def server() -> Iterator[tuple[str, Behaviour]]:
 
 
 def _table(sha: str | None = SHA, size: int | None = None) -> dict[str, RawFile]:
-    return {NAME: RawFile("files/" + NAME, "2014", size=size, sha256=sha)}
+    entry = RawFile(
+        NAME, "amazon-2014", "reviews_json", "finetune_reviews", "files/" + NAME, "amazon-beauty"
+    )
+    return {NAME: replace(entry, size=size, sha256=sha)}
 
 
 def _get(tmp_path: Path, url: str, **kwargs: object) -> list[Path]:
     defaults: dict[str, object] = {
-        "base_url": url + "/2018",
-        "base_url_2014": url + "/2014",
+        "base_urls": {"amazon-2018": url + "/2018", "amazon-2014": url + "/2014"},
         "table": _table(),
         "progress": False,
         "backoff": 0.01,
@@ -193,12 +187,12 @@ def test_dead_port_fails_fast_listing_files_to_place_by_hand(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
+    bases = {"amazon-2018": url + "/2018", "amazon-2014": url + "/2014"}
     start = time.monotonic()
     with pytest.raises(DownloadError) as exc:
         download_raw_files(
             tmp_path / "raw",
-            base_url=url + "/2018/",
-            base_url_2014=url + "/2014/",
+            base_urls={release: base + "/" for release, base in bases.items()},
             progress=False,
             backoff=5.0,  # a retry would take 5 s: the test shows there is none
         )
@@ -207,7 +201,7 @@ def test_dead_port_fails_fast_listing_files_to_place_by_hand(tmp_path):
     assert message.startswith("no network") and "\n" not in message
     assert str(tmp_path / "raw") in message
     for name, entry in RAW_FILES.items():
-        assert f"{name} <- {url}/{entry.release}/{entry.path}" in message
+        assert f"{name} <- {bases[entry.release]}/{entry.source}" in message
 
 
 def test_unknown_file_name_lists_the_valid_ones(tmp_path):
@@ -224,11 +218,11 @@ def test_default_table_and_urls():
         "meta_Beauty.json.gz",
         "meta_Sports_and_Outdoors.json.gz",
     }
-    assert file_url("all_csv_files.csv", RAW_FILES, BASE_URL_2018, BASE_URL_2014) == (
+    assert file_url(RAW_FILES["all_csv_files.csv"]) == (
         "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/categoryFilesSmall/"
         "all_csv_files.csv"
     )
-    assert file_url("meta_Beauty.json.gz", RAW_FILES, BASE_URL_2018, BASE_URL_2014) == (
+    assert RAW_FILES["meta_Beauty.json.gz"].url == (
         "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Beauty.json.gz"
     )
     for entry in RAW_FILES.values():

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.engine import map_tasks
+from etl.engine import Engine
+from etl.errors import EtlError
 
 
 def square(x: int) -> int:
@@ -19,7 +20,7 @@ def square(x: int) -> int:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_multiprocess_keeps_order(workers: int) -> None:
-    assert map_tasks(square, list(range(7)), workers=workers, progress=False) == [
+    assert Engine(workers=workers, progress=False).map(square, list(range(7))) == [
         0,
         1,
         4,
@@ -31,16 +32,17 @@ def test_multiprocess_keeps_order(workers: int) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="unknown engine 'spark'; choose one of multiprocess, ray"):
-        map_tasks(square, [1], engine="spark")
-    with pytest.raises(ValueError, match="workers=0"):
-        map_tasks(square, [1], workers=0)
+    with pytest.raises(EtlError, match="unknown engine 'spark'; choose one of multiprocess, ray"):
+        Engine(kind="spark")
+    with pytest.raises(EtlError, match="workers=0"):
+        Engine(workers=0)
 
 
 RAY_SCRIPT = r"""
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
+from etl.engine import Engine
 from etl.pipeline import EtlOptions, run_pipeline
 import importlib.util
 spec = importlib.util.spec_from_file_location("etl_fixtures", sys.argv[2])
@@ -48,7 +50,7 @@ fixtures = importlib.util.module_from_spec(spec); spec.loader.exec_module(fixtur
 raw = fixtures.write_handwritten_raw(Path(sys.argv[3]) / "raw")
 for engine, out in (("multiprocess", "mp"), ("ray", "ray")):
     opts = EtlOptions(raw_dir=raw, out_dir=Path(sys.argv[3]) / out, sizes=(5, 10), vocab_size=60,
-                      progress=False, engine=engine, workers=2, partitions=3)
+                      engine=Engine(kind=engine, workers=2, progress=False), partitions=3)
     run_pipeline("all", opts)
 a = (Path(sys.argv[3]) / "mp/amazon-10/amazon-10.inter").read_bytes()
 b = (Path(sys.argv[3]) / "ray/amazon-10/amazon-10.inter").read_bytes()

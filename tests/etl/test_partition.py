@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from etl.engine import Engine
 from etl.hashing import partition_of
 from etl.partition import partition_big_files
 
@@ -61,7 +62,11 @@ def _parts(work: Path) -> list[list[dict]]:
 def test_parts_same_whatever_the_chunking(tmp_path: Path, chunk_bytes: int, workers: int) -> None:
     raw, good = _raw(tmp_path)
     summary = partition_big_files(
-        raw, tmp_path / "w", n_parts=4, chunk_bytes=chunk_bytes, workers=workers, progress=False
+        raw,
+        tmp_path / "w",
+        n_parts=4,
+        chunk_bytes=chunk_bytes,
+        engine=Engine(workers=workers, progress=False),
     )
     users = pa.array([u for _, u, _, _ in good])
     expected: list[list[dict]] = [[] for _ in range(4)]
@@ -77,7 +82,9 @@ def test_parts_same_whatever_the_chunking(tmp_path: Path, chunk_bytes: int, work
 
 def test_one_part_holds_everything_in_file_order(tmp_path: Path) -> None:
     raw, good = _raw(tmp_path)
-    partition_big_files(raw, tmp_path / "w", n_parts=1, chunk_bytes=500, progress=False)
+    partition_big_files(
+        raw, tmp_path / "w", n_parts=1, chunk_bytes=500, engine=Engine(progress=False)
+    )
     (rows,) = _parts(tmp_path / "w")
     assert [(r["item"], r["user"], r["rating"], r["timestamp"]) for r in rows] == good
 

@@ -10,6 +10,7 @@ import pytest
 
 import etl.scaling
 from etl.cli import main
+from etl.engine import Engine
 from etl.errors import EtlError
 from etl.pipeline import STEPS, EtlOptions, counts_table, run_pipeline, run_step
 from etl.scaling import parse_size, size_label
@@ -50,9 +51,11 @@ def decode(field: str) -> str:
     return "".join(field.split(" ")).replace("\u2581", " ").strip()
 
 
-def options(raw: Path, out: Path, **kw) -> EtlOptions:
-    kw = {"sizes": (5, 10), "vocab_size": 60, "progress": False, **kw}
-    return EtlOptions(raw_dir=raw, out_dir=out, **kw)
+def options(raw: Path, out: Path, workers: int = 1, **kw) -> EtlOptions:
+    kw = {"sizes": (5, 10), "vocab_size": 60, **kw}
+    return EtlOptions(
+        raw_dir=raw, out_dir=out, engine=Engine(workers=workers, progress=False), **kw
+    )
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from etl.engine import Engine
 from etl.pipeline import EtlOptions, run_step
 from etl.reference import reference_sequences, write_beauty_2014_from_reference
 
@@ -30,7 +31,11 @@ def test_beauty_matches_the_benchmark(shared_data: Path, tmp_path: Path) -> None
         )
     )
     opts = EtlOptions(
-        raw_dir=raw, out_dir=tmp_path / "out", sizes=(10,), vocab_size=40, progress=False
+        raw_dir=raw,
+        out_dir=tmp_path / "out",
+        sizes=(10,),
+        vocab_size=40,
+        engine=Engine(progress=False),
     )
     for step in ("partition_big_files", "train_sentence_piece", "tokenize_metadata"):
         run_step(step, opts)

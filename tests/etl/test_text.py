@@ -40,7 +40,7 @@ def test_pieces_limit_and_empty(tmp_path: Path) -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="vocab_size=2"):
+    with pytest.raises(EtlError, match="--vocab-size 2 is too small; pass at least 8"):
         train_sentencepiece(SENTENCES, Path("unused.model"), vocab_size=2)
     with pytest.raises(EtlError, match="no item text"):
         train_sentencepiece(["", ""], Path("unused.model"), vocab_size=40)
