@@ -47,6 +47,18 @@ class ForkConfig(Config):
         # RecBole eval()s every string value; ours are already typed by YAML rules.
         return dict(config_dict) if config_dict else {}
 
+    def _init_device(self) -> None:
+        # RecBole 1.2.1 sets `device` to CUDA whenever a GPU is visible: only its stock
+        # trainer reads `use_gpu`. `use_gpu: false` must mean the CPU for the fork's models
+        # too (the tests and the CPU halves of benchmarks rely on it on a GPU machine).
+        super()._init_device()
+        if self.final_config_dict.get("single_spec") and not self.final_config_dict.get(
+            "use_gpu", True
+        ):
+            import torch
+
+            self.final_config_dict["device"] = torch.device("cpu")
+
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data (for checkpoints and MLflow params)."""
         return {k: _plain(v) for k, v in self.final_config_dict.items()}

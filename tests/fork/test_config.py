@@ -105,3 +105,17 @@ def test_ce_loss_trap_is_defused(tiny_dataset):
         {"model": "SASRec", "dataset": "tiny", "data_path": str(tiny_dataset), "loss_type": "CE"}
     )
     assert config["train_neg_sample_args"]["distribution"] == "none"
+
+
+@pytest.mark.parametrize(("use_gpu", "device"), [(False, "cpu"), (True, "cuda")])
+def test_use_gpu_decides_the_device_where_cuda_is_visible(monkeypatch, use_gpu, device):
+    # RecBole 1.2.1 alone picks CUDA whenever a GPU is visible, whatever use_gpu says.
+    import torch
+
+    from recbole_fork.settings import RunSettings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # RecBole writes gpu_id here; restored after
+    config = build_config({"model": "SASRecX", "dataset": "tiny", "use_gpu": use_gpu})
+    assert config["device"] == torch.device(device)
+    assert RunSettings.from_config(config).device == device
