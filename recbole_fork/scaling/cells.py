@@ -235,7 +235,8 @@ def tuned_choices(cells: Sequence[Cell]) -> list[TunedChoice]:
     """Per cell and tuned key: the winner, the values tried, and an edge flag.
 
     A winner at the smallest or largest value tried may be beaten beyond the grid: the law
-    then describes the grid, not the optimum.
+    then describes the grid, not the optimum. A grid of two values has no interior, so its
+    winner is never flagged (the report says so once).
     """
     out = []
     for cell in cells:
@@ -243,7 +244,7 @@ def tuned_choices(cells: Sequence[Cell]) -> list[TunedChoice]:
             continue
         for key, value in cell.tuned.items():
             grid = sorted({dict(c.values)[key] for c in cell.candidates}, key=_sort_key)
-            edge = len(grid) > 1 and value in (grid[0], grid[-1])
+            edge = len(grid) > 2 and value in (grid[0], grid[-1])
             axis = cell.budget if cell.budget is not None else cell.d
             out.append(TunedChoice(cell.n, axis, key, value, tuple(grid), edge))
     return out

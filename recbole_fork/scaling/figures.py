@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -61,7 +62,10 @@ def _new_figure(
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(1, ncols))
     if caption:
-        fig.text(0.005, 0.005, caption, fontsize=6, ha="left", va="bottom", color="0.3")
+        # About 18 characters of 6-point text per inch of width; wrapped, the figure grows.
+        lines = textwrap.wrap(caption, width=int(18 * width * ncols))
+        fig.set_figheight(height + 0.1 * len(lines))
+        fig.text(0.005, 0.005, "\n".join(lines), fontsize=6, ha="left", va="bottom", color="0.3")
     return fig, axes
 
 
@@ -72,7 +76,9 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     with mpl.rc_context(_STYLE):
         # Laid out once here: constrained layout would redo it on every save, the most
         # expensive step of drawing these log-log axes.
-        fig.tight_layout(rect=(0, 0.03, 1, 1) if fig.texts else None)
+        caption_lines = fig.texts[0].get_text().count("\n") + 1 if fig.texts else 0
+        bottom = 0.11 * caption_lines / fig.get_figheight()  # inches of caption over the height
+        fig.tight_layout(rect=(0, bottom, 1, 1) if caption_lines else None)
         for fmt in FORMATS:
             path = out_dir / f"{stem}.{fmt}"
             tmp = out_dir / f".{stem}.{fmt}.tmp"
@@ -288,7 +294,9 @@ def holdout_figure(test: ExtrapolationTest, metric_label: str, *, caption: str =
     for i, h in enumerate(test.held):
         ax.errorbar(obs[i], pred[i], yerr=[[pred[i] - low[i]], [high[i] - pred[i]]], fmt="o",
                     color=colours[i], ms=4, capsize=3)  # fmt: skip
-        ax.annotate(f"N={si(h.cell.n)}", (obs[i], pred[i]), fontsize=6, xytext=(4, 2),
+        # Name what varies among the held-out cells: D when they share the largest N.
+        tag = f"D={si(h.cell.d)}" if test.which == "largest-N" else f"N={si(h.cell.n)}"
+        ax.annotate(tag, (obs[i], pred[i]), fontsize=6, xytext=(4, 2),
                     textcoords="offset points")  # fmt: skip
     span = np.concatenate([obs, low, high])
     lo, hi = span.min(), span.max()

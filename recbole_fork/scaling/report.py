@@ -194,6 +194,7 @@ class MetricAnalysis:
     label: str
     group: str
     cells: list[Cell]
+    protocol: str = ""
     forms: list[FormAnalysis] = field(default_factory=list)
     tuning: list[TunedChoice] = field(default_factory=list)
     shape: ShapeEffects | None = None
@@ -246,7 +247,9 @@ def analyse_form(
     if fa.law is not None:
         law = fa.law
         warm = [np.array([law.alpha, law.beta])] if isinstance(law, JointLawFit) else []
-        frontier_on = form.floored and fa.determined and isinstance(law, JointLawFit)
+        frontier_on = (
+            form.floored and fa.determined and isinstance(law, JointLawFit) and law.converged
+        )
 
         def fit(rows: np.ndarray, values_: np.ndarray):
             if warm:
@@ -415,17 +418,16 @@ def analyse_metric(
     higher = metric_orientation(metric) == "higher"
     label = metric_label(metric)
     protocols = sorted({r.protocol for r in records if metric in r.metrics})
+    protocol = "; ".join(protocol_label(p) for p in protocols) or "protocol not logged"
     if higher:
-        label = (
-            f"{label} ({'; '.join(protocol_label(p) for p in protocols) or 'protocol not logged'})"
-        )
+        label = f"{label} ({protocol})"
     rows = _rows(records, metric, data_axis, select)
     select_higher = metric_orientation(select) == "higher" if select else True
     try:
         cells = build_cells(rows, select_higher=select_higher)
     except FitError as e:
         raise ReportError(str(e)) from None
-    a = MetricAnalysis(metric, label, group, cells)
+    a = MetricAnalysis(metric, label, group, cells, protocol)
     if len(protocols) > 1:
         a.notes["protocol"] = f"runs mix ranking protocols {protocols}: values are not comparable"
     skipped = len([r for r in records if metric in r.metrics]) - len(rows)
@@ -638,6 +640,10 @@ def _tuning_lines(a: MetricAnalysis, select: str | None) -> list[str]:
     if edges:
         lines += [f"Warning: {len(edges)} of {len(a.tuning)} winners sit at the edge of their grid; "
                   "the optimum may lie outside it, and the law then describes the grid.", ""]  # fmt: skip
+    pairs = [t for t in a.tuning if len(t.grid) == 2]
+    if pairs:
+        lines += [f"{len(pairs)} of {len(a.tuning)} choices were between two values only: such a grid "
+                  "has no interior, so it cannot show whether the optimum lies inside it.", ""]  # fmt: skip
     return lines
 
 
@@ -754,6 +760,23 @@ def _reading(study: StudyAnalysis) -> list[str]:
                     f"{_ci(iv.get('a'))} · D^{_g(fa.law.b, 3)} {_ci(iv.get('b'))}; LOO RMS "
                     f"{_pct(fa.loo.rms if fa.loo else None)}."
                 )
+            if fa.form.floored:
+                if fa.analytic is not None:
+                    lines.append(
+                        f"  Compute-optimal frontier (from this law): N_opt ∝ C^{_g(fa.analytic.a, 3)} "
+                        f"{_ci(iv.get('frontier.a'))}, D_opt ∝ C^{_g(fa.analytic.b, 3)} "
+                        f"{_ci(iv.get('frontier.b'))}."
+                    )
+                elif not fa.determined:
+                    lines.append(
+                        f"  Compute-optimal frontier: not determined ({fa.frontier_reason})."
+                    )
+                if fa.isoflop is not None and fa.isoflop.exponents is not None:
+                    ex = fa.isoflop.exponents
+                    lines.append(
+                        f"  IsoFLOP profiles: N* ∝ C^{_g(ex.a, 3)} {_ci(iv.get('iso.a'))}, "
+                        f"D* ∝ C^{_g(ex.b, 3)} {_ci(iv.get('iso.b'))}."
+                    )
             d_slices = [s for s in fa.slices if s.axis == "D"]
             if d_slices:
                 ex = [s.exponent for s in d_slices]
@@ -854,6 +877,56 @@ def resolve_data_axis(records: Sequence[RunRecord], data_axis: str) -> str:
     return "tokens" if any(r.budget is not None for r in records) else "interactions"
 
 
+def _form_figures(
+    a: MetricAnalysis,
+    fa: FormAnalysis,
+    out: Path,
+    stem_base: str,
+    caption: str,
+    d_labels: dict[float, str],
+) -> tuple[list[str], list[Path]]:
+    """Draw one form's figures: against N and D, the frontier, IsoFLOP, the holdouts.
+
+    Returns:
+        The figure stems (for the Markdown) and the files written.
+    """
+    stems: list[str] = []
+    written: list[Path] = []
+    if not np.all(fa.form.quantity([c.mean for c in a.cells]) > 0):
+        return stems, written
+    name = metric_label(a.metric)
+    y_label = f"1 − {name}" if fa.form.key == "error-floor" else name
+    n = np.array([c.n for c in a.cells])
+    d = np.array([c.d for c in a.cells])
+    y = np.array([fa.form.quantity(c.mean) for c in a.cells])
+
+    def save(fig, suffix: str) -> None:
+        stems.append(f"{stem_base}_{fa.form.key}_{suffix}")
+        written.extend(figures.save_figure(fig, out, stems[-1]))
+
+    for ax_name, x, grp in (("N", n, d), ("D", d, n)):
+        labels = d_labels if ax_name == "N" else {v: f"N = {figures.si(v)}" for v in grp}
+        fig = figures.metric_vs_size(
+            x, grp, y, axis=ax_name, y_label=y_label, group_labels=labels, law=fa.law,
+            caption=caption,
+        )  # fmt: skip
+        save(fig, f"vs_{ax_name}")
+    if fa.envelope is not None and isinstance(fa.law, JointLawFit):
+        has_c = np.array([math.isfinite(c.compute) for c in a.cells])
+        c = np.array([cl.compute for cl in a.cells])
+        fig = figures.frontier_figure(
+            n[has_c], d[has_c], c[has_c], y[has_c], fa.envelope, y_label=y_label,
+            joint=fa.law, k=fa.k, caption=caption,
+        )  # fmt: skip
+        save(fig, "frontier")
+    if fa.isoflop is not None and fa.isoflop.profiles:
+        save(figures.isoflop_figure(fa.isoflop, y_label=y_label, caption=caption), "isoflop")
+    for t in fa.holdouts:
+        if t.held:
+            save(figures.holdout_figure(t, name, caption=caption), f"holdout_{t.which}")
+    return stems, written
+
+
 def write_report(
     records: Sequence[RunRecord],
     out_dir: str | Path,
@@ -918,9 +991,11 @@ def write_report(
         "",
         "Method: runs of equal N, D (or budget) and shape are the seeds of one **cell**; laws are "
         "fitted to cell means and identified by distinct cells. Intervals: a bootstrap over cells "
-        f"({n_boot} resamples, seed {seed}), each cell's seeds resampled within it (the method "
-        "of each fit is named under it); 95% expanded percentiles. Every fit reports its "
-        "leave-one-cell-out (LOO) prediction error.",
+        f"with the design fixed ({n_boot} resamples, seed {seed}): each resample redraws every "
+        "cell from resampled seed deviations, or, where the law misses the cells by more than "
+        "their seeds explain or no cell has two seeds, from the law's cell residuals (the method "
+        "of each fit is named under it); 95% expanded percentiles (Student t). Every fit reports "
+        "its leave-one-cell-out (LOO) prediction error.",
         "",
     ]  # fmt: skip
     if duplicates:
@@ -936,7 +1011,6 @@ def write_report(
             d_labels[value] = (
                 f"{r.dataset} ({figures.si(value)})" if r.dataset else figures.si(value)
             )
-    caption = " · ".join(p for p in (experiment, m.caption) if p)
     for group in study.groups:
         if group:
             lines += [f"# {group}", ""]
@@ -951,41 +1025,11 @@ def write_report(
             lines += ["Cells:", "", *_cells_table(a), ""]
             lines += _tuning_lines(a, m.select)
             stem_base = slug(f"{group}_{metric}" if group else metric)
+            parts = (experiment, group, a.protocol, m.caption)
+            caption = " · ".join(p for p in parts if p)
             for fa in a.forms:
-                stems = []
-                if np.all(fa.form.quantity([c.mean for c in a.cells]) > 0):
-                    y_label = a.label if fa.form.key != "error-floor" else f"1 − {a.label}"
-                    n = np.array([c.n for c in a.cells])
-                    d = np.array([c.d for c in a.cells])
-                    y = np.array([fa.form.quantity(c.mean) for c in a.cells])
-                    for ax_name, x, grp in (("N", n, d), ("D", d, n)):
-                        labels = (
-                            d_labels if ax_name == "N" else {v: f"N = {figures.si(v)}" for v in grp}
-                        )
-                        fig = figures.metric_vs_size(
-                            x, grp, y, axis=ax_name, y_label=y_label, group_labels=labels,
-                            law=fa.law, caption=caption,
-                        )  # fmt: skip
-                        stems.append(f"{stem_base}_{fa.form.key}_vs_{ax_name}")
-                        written += figures.save_figure(fig, out, stems[-1])
-                    if fa.envelope is not None and isinstance(fa.law, JointLawFit):
-                        has_c = np.array([math.isfinite(c.compute) for c in a.cells])
-                        c = np.array([cl.compute for cl in a.cells])
-                        fig = figures.frontier_figure(
-                            n[has_c], d[has_c], c[has_c], y[has_c], fa.envelope,
-                            y_label=y_label, joint=fa.law, k=fa.k, caption=caption,
-                        )  # fmt: skip
-                        stems.append(f"{stem_base}_{fa.form.key}_frontier")
-                        written += figures.save_figure(fig, out, stems[-1])
-                    if fa.isoflop is not None and fa.isoflop.profiles:
-                        fig = figures.isoflop_figure(fa.isoflop, y_label=y_label, caption=caption)
-                        stems.append(f"{stem_base}_{fa.form.key}_isoflop")
-                        written += figures.save_figure(fig, out, stems[-1])
-                    for t in fa.holdouts:
-                        if t.held:
-                            fig = figures.holdout_figure(t, a.label, caption=caption)
-                            stems.append(f"{stem_base}_{fa.form.key}_holdout_{t.which}")
-                            written += figures.save_figure(fig, out, stems[-1])
+                stems, files = _form_figures(a, fa, out, stem_base, caption, d_labels)
+                written += files
                 lines += _form_section(a, fa, d_name, stems)
             lines += _shape_lines(a)
     if study.comparisons or study.comparison_notes:
@@ -1009,6 +1053,7 @@ def write_report(
         if not curves:
             continue
         stem = slug(f"{group}_loss_curves") if group else "loss_curves"
+        caption = " · ".join(p for p in (experiment, group, m.caption) if p)
         written += figures.save_figure(
             figures.loss_curves(curves, d_labels, caption=caption), out, stem
         )

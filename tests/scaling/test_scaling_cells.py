@@ -49,18 +49,24 @@ def test_cells_average_seeds_and_keep_the_best_tuned_setting():
         # N=200 at D=10: lr 0.01, the largest value tried, wins: at the edge.
         row(200, 10, 0.40, "d1", tuned={"lr": "0.001"}, select=0.50),
         row(200, 10, 0.45, "e1", tuned={"lr": "0.01"}, select=0.60),
+        row(200, 10, 0.30, "f1", tuned={"lr": "0.0001"}, select=0.30),
+        # N=300: two values only, no interior: never flagged.
+        row(300, 10, 0.50, "g1", tuned={"lr": "0.001"}, select=0.50),
+        row(300, 10, 0.55, "h1", tuned={"lr": "0.01"}, select=0.70),
     ]
     cells = build_cells(rows)
     assert [(c.n, c.tuned["lr"], c.runs) for c in cells] == [
         (100, "0.001", ("a1", "a2")),
         (200, "0.01", ("e1",)),
+        (300, "0.01", ("h1",)),
     ]
     assert cells[0].mean == pytest.approx(0.32) and cells[0].seeds == 2
     assert [c.select for c in cells[0].candidates] == pytest.approx([0.51, 0.45, 0.40])
     choices = tuned_choices(cells)
     assert [(t.n, t.value, t.grid, t.edge) for t in choices] == [
         (100, "0.001", ("0.0001", "0.001", "0.01"), False),
-        (200, "0.01", ("0.001", "0.01"), True),
+        (200, "0.01", ("0.0001", "0.001", "0.01"), True),
+        (300, "0.01", ("0.001", "0.01"), False),
     ]
     # Lower is better for a loss as the validation metric.
     assert build_cells(rows, select_higher=False)[0].tuned == {"lr": "0.01"}

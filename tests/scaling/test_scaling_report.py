@@ -209,6 +209,7 @@ def test_tuned_sizes_list_winners_and_warn_at_the_edge(tmp_path):
     )
     assert "| 100K | 100K | learning_rate | 0.001 | 0.0003, 0.001, 0.003 |  |" in text
     assert "Warning: 2 of 6 winners sit at the edge of their grid" in text
+    assert "choices were between two values only" not in text
     (a,) = result.study.analyses.values()
     assert [c.tuned["learning_rate"] for c in a.cells] == ["0.003", "0.001", "0.001"] * 2
     np.testing.assert_allclose([c.mean for c in a.cells], [law(c.n, c.d) for c in a.cells])
