@@ -733,9 +733,41 @@ def _group_title(group: str) -> str:
     return group if group else "all runs"
 
 
-def _reading(study: StudyAnalysis) -> list[str]:
+OVERFIT_RISE = 0.05  # a last valid loss this far above the run's minimum counts as overfitting
+
+
+def overfitting(records: Sequence[RunRecord]) -> tuple[int, int, float]:
+    """Runs whose last valid loss lies more than 5% above their minimum valid loss.
+
+    Returns:
+        (such runs, runs with a valid-loss history, median epoch of those runs' minimum).
+    """
+    rising, minima, total = 0, [], 0
+    for r in records:
+        curve = r.history.get("valid_loss") or []
+        if len(curve) < 2:
+            continue
+        total += 1
+        steps, values = zip(*curve, strict=True)
+        best = int(np.argmin(values))
+        if values[-1] > (1 + OVERFIT_RISE) * values[best]:
+            rising += 1
+            minima.append(steps[best])
+    return rising, total, float(np.median(minima)) if minima else math.nan
+
+
+def _reading(study: StudyAnalysis, records: Sequence[RunRecord] = ()) -> list[str]:
     """A short reading of what the data show: sentences around numbers the tool computed."""
     lines = ["## Reading", ""]
+    for group in study.groups:
+        rising, total, epoch = overfitting([r for r in records if r.group == group])
+        if total:
+            where = f" ({group})" if group else ""
+            tail = f"; their valid loss was lowest at epoch {epoch:g} (median)" if rising else ""
+            lines.append(
+                f"- Overfitting{where}: the last valid loss lies more than "
+                f"{100 * OVERFIT_RISE:.0f}% above the run's minimum in {rising} of {total} runs{tail}."
+            )
     for (group, metric), a in study.analyses.items():
         where = f" ({group})" if group else ""
         label = metric_label(metric)
@@ -1001,7 +1033,7 @@ def write_report(
     if duplicates:
         lines += [f"Several finished runs share these names; the newest of each is used: "
                   f"{', '.join(duplicates)}.", ""]  # fmt: skip
-    lines += _reading(study)
+    lines += _reading(study, records)
 
     written: list[Path] = []
     d_labels = {}

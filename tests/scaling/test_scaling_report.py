@@ -297,3 +297,16 @@ def test_latest_per_name_keeps_first():
     kept, dup = latest_per_name(runs)
     assert [r["run_id"] for r in kept] == ["1", "2"]
     assert dup == ["a"]
+
+
+def test_overfitting_counts_runs_whose_valid_loss_rises():
+    from recbole_fork.scaling.report import overfitting
+
+    def run(curve):
+        return RunRecord("i", "r", 1.0, 1.0, 1.0, 1.0, history={"valid_loss": curve})
+
+    runs = [run([(0, 5.0), (1, 4.0), (2, 4.5)]),  # 12.5% above its minimum at epoch 1
+            run([(0, 5.0), (1, 4.0), (2, 4.1)]),  # 2.5%: not counted
+            run([(0, 5.0), (3, 4.0), (5, 6.0)]),  # minimum at epoch 3
+            run([(0, 5.0)])]  # fmt: skip
+    assert overfitting(runs) == (2, 3, 2.0)
