@@ -334,3 +334,32 @@ def log_artifacts_to_run(
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path)
+
+
+def experiment_names(tracking_uri: str | None = None) -> list[str]:
+    """Names of the store's active experiments, sorted (for an error naming what exists)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    return sorted(e.name for e in client.search_experiments())
+
+
+def upgrade_database(tracking_uri: str) -> None:
+    """Bring a database store to the running MLflow's schema (``mlflow db upgrade``), in place.
+
+    Call it on a copy: an upgraded store no longer opens in the MLflow that wrote it.
+
+    Raises:
+        RuntimeError: the upgrade failed (its last output line).
+    """
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "db", "upgrade", tracking_uri],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
+        raise RuntimeError(f"mlflow db upgrade failed: {lines[-1] if lines else done.returncode}")

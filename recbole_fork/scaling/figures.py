@@ -1,4 +1,5 @@
-"""Figures of a scaling study: metric against N and D, the frontier, the loss curves.
+"""Figures of a scaling study: metric against N and D, the frontier, IsoFLOP profiles, the
+extrapolation test, the loss curves.
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no display,
 no global state), and saved as PNG and SVG under a temporary name, then renamed. SVG ids
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -19,8 +21,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from recbole_fork.scaling.frontier import EmpiricalFrontier, optimal_allocation
-from recbole_fork.scaling.laws import JointLawFit, PowerLawFit
+from recbole_fork.scaling.frontier import EmpiricalFrontier, IsoFlopFrontier, optimal_allocation
+from recbole_fork.scaling.holdout import ExtrapolationTest
+from recbole_fork.scaling.laws import JointLawFit, PowerLaw2Fit
 
 FORMATS = ("png", "svg")
 _STYLE = {
@@ -52,11 +55,17 @@ def si(x: float) -> str:
 
 
 def _new_figure(
-    ncols: int = 1, width: float = 4.8, height: float = 3.6
+    ncols: int = 1, width: float = 4.8, height: float = 3.6, caption: str = ""
 ) -> tuple[Figure, np.ndarray]:
+    """A figure on the Agg canvas; ``caption`` (source, protocol, machine) is printed under it."""
     fig = Figure(figsize=(width * ncols, height))
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(1, ncols))
+    if caption:
+        # About 18 characters of 6-point text per inch of width; wrapped, the figure grows.
+        lines = textwrap.wrap(caption, width=int(18 * width * ncols))
+        fig.set_figheight(height + 0.1 * len(lines))
+        fig.text(0.005, 0.005, "\n".join(lines), fontsize=6, ha="left", va="bottom", color="0.3")
     return fig, axes
 
 
@@ -67,7 +76,9 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     with mpl.rc_context(_STYLE):
         # Laid out once here: constrained layout would redo it on every save, the most
         # expensive step of drawing these log-log axes.
-        fig.tight_layout()
+        caption_lines = fig.texts[0].get_text().count("\n") + 1 if fig.texts else 0
+        bottom = 0.11 * caption_lines / fig.get_figheight()  # inches of caption over the height
+        fig.tight_layout(rect=(0, bottom, 1, 1) if caption_lines else None)
         for fmt in FORMATS:
             path = out_dir / f"{stem}.{fmt}"
             tmp = out_dir / f".{stem}.{fmt}.tmp"
@@ -111,22 +122,22 @@ def metric_vs_size(
     axis: str,
     y_label: str,
     group_labels: Mapping[float, str],
-    joint: JointLawFit | None,
-    single: PowerLawFit | None,
+    law: JointLawFit | PowerLaw2Fit | None,
+    caption: str = "",
 ) -> Figure:
-    """Metric against model size (``axis='N'``) or data size (``axis='D'``), log-log.
+    """The fitted quantity against model size (``axis='N'``) or data size (``axis='D'``), log-log.
 
     Args:
-        x: the x axis per run (N or D), shape [r].
-        group: the other size per run (D or N), one colour per distinct value, shape [r].
-        y: the fitted quantity per run, shape [r].
-        axis: 'N' or 'D' (names the x axis and orders the joint law's arguments).
+        x: the x axis per cell (N or D), shape [k].
+        group: the other size per cell (D or N), one colour per distinct value, shape [k].
+        y: the fitted quantity per cell (a cell mean), shape [k].
+        axis: 'N' or 'D' (names the x axis and orders the law's arguments).
         y_label: the y axis label (metric, fitted form, protocol).
         group_labels: legend text per group value.
-        joint: if given, its curve at each group value (solid, the group's colour).
-        single: if given, the one-variable power law through the best run per x (dashed).
+        law: if given, its curve at each group value (solid, the group's colour).
+        caption: source, protocol and machine, under the figure.
     """
-    fig, (ax,) = _new_figure()
+    fig, (ax,) = _new_figure(caption=caption)
     colours = _colours(group.tolist())
     grid = np.geomspace(x.min() / 1.3, x.max() * 1.3, 100)
     for g, colour in colours.items():
@@ -135,19 +146,11 @@ def metric_vs_size(
         ax.plot(
             x[sel][order], y[sel][order], "o", color=colour, ms=4, label=group_labels.get(g, si(g))
         )
-        if joint is not None:
-            curve = joint.predict(grid, g) if axis == "N" else joint.predict(g, grid)
+        if law is not None:
+            curve = law.predict(grid, g) if axis == "N" else law.predict(g, grid)
             ax.plot(grid, curve, "-", color=colour, lw=1)
-    if single is not None:
-        ax.plot(
-            grid,
-            single.predict(grid),
-            "k--",
-            lw=1,
-            label=f"best per {axis}: ∝ {axis}^−{single.alpha:.3f}",
-        )
-    if joint is not None:
-        ax.plot([], [], "k-", lw=1, label=f"joint law (R²={joint.r2:.3f})")
+    if law is not None:
+        ax.plot([], [], "k-", lw=1, label=f"law (R²={law.r2:.3f})")
     _log_axes(ax)
     ax.set_xlabel("non-embedding parameters N" if axis == "N" else "training data D")
     ax.set_ylabel(y_label)
@@ -166,13 +169,14 @@ def frontier_figure(
     y_label: str,
     joint: JointLawFit | None,
     k: float | None,
+    caption: str = "",
 ) -> Figure:
     """Three panels against compute C: the metric (frontier runs ringed), N*, D*.
 
-    Empirical points are the runs best for their compute; lines are the power laws fitted
-    through them (dashed) and, with a joint law, its analytic optimum (solid).
+    Ringed points are the cells best for their compute (each beats every cell that cost no
+    more); with a joint law, the red lines are its analytic optimum (approach 3).
     """
-    fig, axes = _new_figure(ncols=3, width=4.0)
+    fig, axes = _new_figure(ncols=3, width=4.0, caption=caption)
     c_grid = np.geomspace(compute.min() / 1.5, compute.max() * 1.5, 100)
     ax = axes[0]
     points = ax.scatter(compute, y, c=n, norm=LogNorm(), cmap="viridis", s=14)
@@ -192,15 +196,11 @@ def frontier_figure(
     if opt is not None:
         ax.plot(c_grid, joint.predict(*opt), "r-", lw=1, label=f"joint law optimum (k={k:.3g})")
     ax.set_ylabel(y_label)
-    for ax, values, fitted, name, opt_values in (
-        (axes[1], frontier.n, frontier.n_law, "N", None if opt is None else opt[0]),
-        (axes[2], frontier.d, frontier.d_law, "D", None if opt is None else opt[1]),
+    for ax, values, name, opt_values in (
+        (axes[1], frontier.n, "N", None if opt is None else opt[0]),
+        (axes[2], frontier.d, "D", None if opt is None else opt[1]),
     ):
-        ax.plot(frontier.compute, values, "ko", ms=4, label=f"{name}* of the best runs")
-        if fitted is not None:
-            ax.plot(
-                c_grid, fitted.predict(c_grid), "k--", lw=1, label=f"fit ∝ C^{-fitted.alpha:.3f}"
-            )
+        ax.plot(frontier.compute, values, "ko", ms=4, label=f"{name} of the best cells")
         if opt_values is not None:
             ax.plot(c_grid, opt_values, "r-", lw=1, label=f"analytic {name}_opt(C)")
         ax.set_ylabel(f"compute-optimal {name}")
@@ -215,6 +215,7 @@ def frontier_figure(
 def loss_curves(
     curves: Sequence[tuple[str, float, float, Mapping[str, list[tuple[int, float]]]]],
     group_labels: Mapping[float, str],
+    caption: str = "",
 ) -> Figure:
     """Train (solid) and valid (dashed) loss per epoch, one panel per data size.
 
@@ -223,7 +224,7 @@ def loss_curves(
         group_labels: panel title per D.
     """
     sizes = sorted({d for _, _, d, _ in curves})
-    fig, axes = _new_figure(ncols=max(len(sizes), 1), width=3.6)
+    fig, axes = _new_figure(ncols=max(len(sizes), 1), width=3.6, caption=caption)
     if not curves:
         axes[0].text(0.5, 0.5, "no train_loss / valid_loss history logged", ha="center",
                      transform=axes[0].transAxes)  # fmt: skip
@@ -245,4 +246,65 @@ def loss_curves(
     axes[-1].plot([], [], "k-", label="train")
     axes[-1].plot([], [], "k--", label="valid")
     axes[-1].legend(loc="best")
+    return fig
+
+
+@_styled
+def isoflop_figure(iso: IsoFlopFrontier, *, y_label: str, caption: str = "") -> Figure:
+    """Left: each budget's cells and parabola in ln N, minima marked. Right: N*(C)."""
+    fig, axes = _new_figure(ncols=2, width=4.4, caption=caption)
+    colours = _colours([p.budget for p in iso.profiles])
+    ax = axes[0]
+    for p in iso.profiles:
+        grid = np.geomspace(p.n.min() / 1.2, p.n.max() * 1.2, 100)
+        ax.plot(p.n, p.y, "o", color=colours[p.budget], ms=4, label=f"C = {si(p.budget)}")
+        ax.plot(grid, p.predict(grid), "-", color=colours[p.budget], lw=1)
+        ax.plot([p.n_opt], [p.y_opt], "*" if p.inside else "x", color=colours[p.budget], ms=9)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel(y_label)
+    ax.legend(loc="best")
+    ax = axes[1]
+    inside = [p for p in iso.profiles if p.inside]
+    ax.plot(
+        [p.budget for p in inside], [p.n_opt for p in inside], "ko", ms=4, label="N* per budget"
+    )
+    if iso.n_law is not None:
+        cs = np.array([p.budget for p in inside])
+        grid = np.geomspace(cs.min() / 1.5, cs.max() * 1.5, 50)
+        ax.plot(grid, iso.n_law.predict(grid), "k--", lw=1, label=f"N* ∝ C^{-iso.n_law.alpha:.3f}")
+    _log_axes(ax, y_si=True)
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel("compute-optimal N*")
+    ax.legend(loc="best")
+    return fig
+
+
+@_styled
+def holdout_figure(test: ExtrapolationTest, metric_label: str, *, caption: str = "") -> Figure:
+    """Predicted against observed for the held-out cells, with 95% prediction intervals."""
+    fig, (ax,) = _new_figure(caption=caption)
+    obs = np.array([h.observed for h in test.held])
+    pred = np.array([h.predicted for h in test.held])
+    low = np.array([h.low for h in test.held])
+    high = np.array([h.high for h in test.held])
+    colours = ["tab:green" if h.inside else "tab:red" for h in test.held]
+    for i, h in enumerate(test.held):
+        ax.errorbar(obs[i], pred[i], yerr=[[pred[i] - low[i]], [high[i] - pred[i]]], fmt="o",
+                    color=colours[i], ms=4, capsize=3)  # fmt: skip
+        # Name what varies among the held-out cells: D when they share the largest N.
+        tag = f"D={si(h.cell.d)}" if test.which == "largest-N" else f"N={si(h.cell.n)}"
+        ax.annotate(tag, (obs[i], pred[i]), fontsize=6, xytext=(4, 2),
+                    textcoords="offset points")  # fmt: skip
+    span = np.concatenate([obs, low, high])
+    lo, hi = span.min(), span.max()
+    pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k:", lw=1, label="predicted = observed")
+    ax.plot([], [], "o", color="tab:green", label="inside its 95% interval")
+    ax.plot([], [], "o", color="tab:red", label="outside")
+    ax.set_xlabel(f"observed {metric_label}")
+    ax.set_ylabel(f"predicted (law fitted without {test.which})")
+    ax.legend(loc="best")
     return fig

@@ -14,7 +14,26 @@ Sweep file keys:
 - ``experiment`` (str): MLflow experiment of every trial.
 - ``grid`` (dict: key -> list): config keys and their values; the product is the sweep.
 - ``budget`` (dict): ``{epochs: 10}``, ``{epochs: {amazon-100K: 50, amazon-1M: 20}}`` per
-  dataset, or ``{tokens: 5e6}``: epochs = ceil(tokens / interactions of the dataset).
+  dataset, ``{tokens: 5e6}``: epochs = ceil(tokens / interactions of the dataset), or
+  ``{flops: [1e12, 3e12, 1e13]}``: compute budgets, one trial per value crossed with the grid
+  (IsoFLOP profiles); each trial gets ``train_flops_budget: <FLOPs>``, the trainer stops when
+  its counted training FLOPs reach it and plans its LR schedule for that length (epochs then
+  do not bound the run, so none is set).
+- ``tune`` (dict, optional): hyperparameters tuned per size, crossed with every grid point.
+  A key maps to a list (``learning_rate: [3e-4, 1e-3, 3e-3]``: every size tries each) or to
+  one grid key whose values each get their own list (per size)::
+
+      tune:
+        learning_rate: [3.0e-4, 1.0e-3, 3.0e-3]
+        warmup_steps:
+          hidden_size: {16: [100, 300], 128: [300, 1000]}
+
+  The report (``scripts/scaling_report.py --tune learning_rate warmup_steps``) keeps, per
+  (N, D) or (N, C) cell, the setting with the best mean validation metric, lists the winner
+  per size and warns when it sits at the edge of its list.
+- ``seeds`` (list, optional): replicate every trial with each seed (``seeds: [2020, 2021]``);
+  the report averages a cell's seeds and resamples them for its intervals. Not together
+  with ``seed`` in the grid.
 - ``overrides`` (dict, optional): fixed config keys for every trial.
 - ``inner_size`` (int or ``same_as_hidden``, optional): shorthand for the feed-forward width.
 - ``data_path`` (str, optional): folder of the atomic datasets (``<data_path>/<name>/``).
@@ -48,6 +67,7 @@ from typing import Any
 import yaml
 
 from recbole_fork import tracking
+from recbole_fork.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +79,20 @@ DEFAULT_SEED = (
 CHECKPOINT_FILE = "checkpoint.pth"
 _SPEC_KEYS = {
     "base_config", "experiment", "grid", "budget", "overrides", "inner_size", "data_path",
-    "checkpoint_dir", "trainable", "config_builder",
+    "checkpoint_dir", "trainable", "config_builder", "tune", "seeds",
 }  # fmt: skip
+BUDGET_KEY = "train_flops_budget"  # the trainer's config key for a compute budget (FLOPs)
 _REQUIRED = ("base_config", "experiment", "grid", "budget", "checkpoint_dir")
 _ALIASES = {"hidden": "hidden_size", "layers": "n_layers"}
 # Short run-name tags of grid keys other than size, dataset and seed.
 _NAME_TAGS = {
     "num_negatives": "neg", "learning_rate": "lr", "n_heads": "h", "inner_size": "ff",
     "max_seq_length": "len", "hidden_dropout_prob": "do", "train_batch_size": "b",
+    BUDGET_KEY: "c", "warmup_steps": "wu", "weight_decay": "wd",
 }  # fmt: skip
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A user-caused problem with a sweep file (one line naming the key and the fix)."""
 
 
@@ -88,6 +110,8 @@ class SweepSpec:
     data_path: Path | None = None
     trainable: str = DEFAULT_TRAINABLE
     config_builder: str = DEFAULT_CONFIG_BUILDER
+    tune: dict[str, Any] = field(default_factory=dict)
+    seeds: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -168,10 +192,40 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if empty:
         raise SweepError(f"{path}: grid key {empty[0]!r} has no values")
     budget = raw["budget"]
-    if not (isinstance(budget, dict) and len(budget) == 1 and set(budget) <= {"epochs", "tokens"}):
+    if not (
+        isinstance(budget, dict)
+        and len(budget) == 1
+        and set(budget) <= {"epochs", "tokens", "flops"}
+    ):
         raise SweepError(
-            f"{path}: 'budget' must be {{epochs: N}}, {{epochs: {{dataset: N}}}} or {{tokens: T}}"
+            f"{path}: 'budget' must be {{epochs: N}}, {{epochs: {{dataset: N}}}}, {{tokens: T}} "
+            "or {flops: [C1, C2, ...]}"
         )
+    if "flops" in budget:
+        flops = budget["flops"] if isinstance(budget["flops"], list) else [budget["flops"]]
+        try:
+            flops = [float(c) for c in flops]
+        except (TypeError, ValueError):
+            raise SweepError(
+                f"{path}: budget.flops must be numbers (FLOPs), got {budget['flops']!r}"
+            ) from None
+        if not flops or any(not (math.isfinite(c) and c > 0) for c in flops):
+            raise SweepError(f"{path}: budget.flops must be a non-empty list of FLOPs > 0")
+        if len(set(flops)) != len(flops):
+            raise SweepError(f"{path}: budget.flops repeats a value")
+        budget = {"flops": flops}
+    tune = _check_tune(path, raw.get("tune") or {}, grid)
+    seeds = raw.get("seeds") or []
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if seeds and "seed" in grid:
+        raise SweepError(
+            f"{path}: give the seeds either in 'seeds' or as grid key 'seed', not both"
+        )
+    if len(set(map(str, seeds))) != len(seeds):
+        raise SweepError(f"{path}: 'seeds' repeats a value")
+    clash = sorted(set(tune) & (set(grid) | {"seed"}))
+    if clash:
+        raise SweepError(f"{path}: {clash[0]!r} is both tuned and in the grid; keep it in one")
     overrides = dict(raw.get("overrides") or {})
     if "inner_size" in raw:
         overrides["inner_size"] = raw["inner_size"]
@@ -195,7 +249,53 @@ def load_sweep(path: str | Path) -> SweepSpec:
         data_path=absolute(raw["data_path"]) if raw.get("data_path") else None,
         trainable=str(raw.get("trainable") or DEFAULT_TRAINABLE),
         config_builder=str(raw.get("config_builder") or DEFAULT_CONFIG_BUILDER),
+        tune=tune,
+        seeds=list(seeds),
     )
+
+
+def _check_tune(path: Path, tune: Any, grid: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """Validate ``tune``: key -> list, or key -> {grid key: {grid value: list}}."""
+    if not isinstance(tune, dict):
+        raise SweepError(f"{path}: 'tune' must map a config key to a list of values")
+    out: dict[str, Any] = {}
+    for key, spec in tune.items():
+        if isinstance(spec, list):
+            if not spec or len({str(v) for v in spec}) != len(spec):
+                raise SweepError(f"{path}: tune.{key} must be a non-empty list without repeats")
+            out[key] = list(spec)
+            continue
+        if not (isinstance(spec, dict) and len(spec) == 1):
+            raise SweepError(
+                f"{path}: tune.{key} must be a list, or {{<grid key>: {{<value>: [list]}}}} per size"
+            )
+        ((by, lists),) = spec.items()
+        if by not in grid:
+            raise SweepError(
+                f"{path}: tune.{key} is keyed by {by!r}, which is not a grid key "
+                f"({', '.join(grid)})"
+            )
+        if not isinstance(lists, dict):
+            raise SweepError(f"{path}: tune.{key}.{by} must map each value of {by} to a list")
+        missing = [v for v in grid[by] if v not in lists]
+        if missing:
+            raise SweepError(f"{path}: tune.{key}.{by} has no list for {by} = {missing[0]!r}")
+        bad = [v for v, values in lists.items() if not isinstance(values, list) or not values]
+        if bad:
+            raise SweepError(f"{path}: tune.{key}.{by}.{bad[0]} must be a non-empty list")
+        out[key] = {by: {v: list(values) for v, values in lists.items()}}
+    return out
+
+
+def tune_values(spec: SweepSpec, point: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The tuned values a grid point tries: key -> list (its size's own list where per size)."""
+    out = {}
+    for key, values in spec.tune.items():
+        if isinstance(values, dict):
+            ((by, lists),) = values.items()
+            values = lists[point[by]]
+        out[key] = values
+    return out
 
 
 def _tag(value: Any) -> str:
@@ -283,30 +383,32 @@ def _resolve_ties(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def expand_trials(spec: SweepSpec) -> list[Trial]:
-    """Every grid point as a ``Trial``, in grid order (the product, last key fastest).
+    """Every trial, in order: the grid (last key fastest), then each grid point's budgets,
+    tuned settings and seeds (seeds fastest).
 
     Raises:
         SweepError: a ``same_as_`` reference to an unknown key, a missing budget entry, or
-            two grid points with the same run name.
+            two trials with the same run name.
     """
     base = yaml.safe_load(spec.base_config.read_text(encoding="utf-8")) or {}
     keys = list(spec.grid)
+    budgets = spec.budget.get("flops", [None])
+    name_keys = keys + list(spec.tune) + ([BUDGET_KEY] if "flops" in spec.budget else [])
     trials: list[Trial] = []
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         point = dict(zip(keys, combo, strict=True))
-        values = _resolve_ties({**base, **spec.overrides, **point})
-        data_path = spec.data_path or (
-            Path(values["data_path"]) if values.get("data_path") else None
-        )
-        overrides = {**spec.overrides, **point}
-        overrides = {k: values[k] for k in overrides}  # ties resolved
-        overrides["epochs"] = _epochs(spec, str(values.get("dataset")), data_path)
-        if spec.data_path is not None:
-            overrides["data_path"] = str(spec.data_path)
-        name = run_name(values, keys)
-        overrides["run_name"] = name
-        overrides["experiment"] = spec.experiment
-        trials.append(Trial(name, overrides, spec.checkpoint_dir / name / CHECKPOINT_FILE))
+        tuned = tune_values(spec, point)
+        for budget, setting, seed in itertools.product(
+            budgets,
+            itertools.product(*tuned.values()),
+            spec.seeds or [None],
+        ):
+            extra = dict(zip(tuned, setting, strict=True))
+            if budget is not None:
+                extra[BUDGET_KEY] = budget
+            if seed is not None:
+                extra["seed"] = seed
+            trials.append(_trial(spec, base, {**point, **extra}, name_keys))
     names = [t.run_name for t in trials]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -314,6 +416,24 @@ def expand_trials(spec: SweepSpec) -> list[Trial]:
             f"{spec.path}: grid points share the run name {dup[0]!r}; vary a key the name shows"
         )
     return trials
+
+
+def _trial(
+    spec: SweepSpec, base: Mapping[str, Any], point: dict[str, Any], name_keys: list[str]
+) -> Trial:
+    """One trial from its grid point (with budget, tuned values and seed already in it)."""
+    values = _resolve_ties({**base, **spec.overrides, **point})
+    data_path = spec.data_path or (Path(values["data_path"]) if values.get("data_path") else None)
+    overrides = {**spec.overrides, **point}
+    overrides = {k: values[k] for k in overrides}  # ties resolved
+    if "flops" not in spec.budget:
+        overrides["epochs"] = _epochs(spec, str(values.get("dataset")), data_path)
+    if spec.data_path is not None:
+        overrides["data_path"] = str(spec.data_path)
+    name = run_name(values, name_keys)
+    overrides["run_name"] = name
+    overrides["experiment"] = spec.experiment
+    return Trial(name, overrides, spec.checkpoint_dir / name / CHECKPOINT_FILE)
 
 
 def import_object(dotted: str) -> Any:

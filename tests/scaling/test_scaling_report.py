@@ -1,13 +1,16 @@
-"""The report from a synthetic MLflow store: report.md, figures, artifacts; record parsing."""
+"""The report: from a synthetic MLflow store, and from runs made in the test (forms, frontier,
+tuning, budgets, groups); record parsing."""
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from recbole_fork.scaling.mapping import StoreMapping
 from recbole_fork.scaling.report import (
     REPORT_RUN_NAME,
     ReportError,
@@ -15,6 +18,7 @@ from recbole_fork.scaling.report import (
     metric_label,
     metric_orientation,
     protocol_label,
+    write_report,
 )
 from recbole_fork.scaling.runs import (
     REPORT_KIND,
@@ -81,23 +85,30 @@ def test_report_from_mlflow_store(tmp_path):
     client = fill_store(uri, (tmp_path / "artifacts").as_uri(), "scaling-test")
     out = tmp_path / "report"
     argv = ["--experiment", "scaling-test", "--tracking-uri", uri, "--out", str(out),
-            "--metric", "best_test_loss", "--bootstrap", "8"]  # fmt: skip
+            "--metric", "best_test_loss", "--bootstrap", "8", "--holdout", "largest-N"]  # fmt: skip
     assert scaling_report_main(argv) == 0
 
     text = (out / "report.md").read_text()
     assert "12 finished runs" in text  # the failed run is left out, the duplicate counted once
     assert "sasrecx-d8-l1-amazon-1M-s42" in text and "broken-run" not in text
     assert "newest of each is used: sasrecx-d8-l1-amazon-1M-s42" in text
-    assert "### Joint law L(N, D)" in text and "R² (log L) = " in text
+    assert "### test loss = E + A/N^α + B/D^β (a power law with a fitted floor E)" in text
     alpha = float(re.search(r"\| alpha \| ([0-9.]+) \|", text).group(1))
     beta = float(re.search(r"\| beta \| ([0-9.]+) \|", text).group(1))
     assert alpha == pytest.approx(LAW["alpha"], rel=0.1)
     assert beta == pytest.approx(LAW["beta"], rel=0.1)
-    assert "k = 18 FLOPs per parameter" in text  # total_flops = 6 N D x 3 epochs
-    assert "a = β/(α+β)" in text and "empirical, fit through the best runs" in text
+    assert "leave-one-cell-out error (log, a relative error): RMS " in text
+    assert "no cell has two seeds: the law's cell residuals resampled" in text
+    assert "k = 18 FLOPs per parameter per unit of D" in text  # total_flops = 6 N D x 3 epochs
+    assert "Approach 3, from the joint law" in text
+    assert "#### Extrapolation test: largest-N held out" in text
 
-    stems = [f"best_test_loss_{kind}" for kind in ("vs_N", "vs_D", "frontier")] + ["loss_curves"]
+    stems = [
+        f"best_test_loss_loss_{kind}" for kind in ("vs_N", "vs_D", "frontier", "holdout_largest-N")
+    ]
+    stems.append("loss_curves")
     expected = {f"{s}.{ext}" for s in stems for ext in ("png", "svg")} | {"report.md"}
+    assert {p.name for p in out.iterdir()} == expected
     for name in expected:
         assert (out / name).stat().st_size > 1000 or name == "report.md", name
     assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -123,57 +134,158 @@ def test_report_from_mlflow_store(tmp_path):
         assert (out / name).read_bytes() == first[name], name
 
 
-def test_ranking_metric_is_fitted_as_its_complement():
-    """NDCG (higher is better) is fitted as 1 - NDCG, labelled with its ranking protocol."""
-    records = [
+def records_on_law(
+    metric: str = "best_test_ndcg_at_10", *, datasets=SIZES_D, seeds=(1,)
+) -> list[RunRecord]:
+    rng = np.random.default_rng(0)
+    return [
         RunRecord(
-            f"{n}-{d}",
-            f"r-{n}-{d}",
+            f"{n}-{d}-{s}",
+            f"r-{n:g}-{d:g}-s{s}",
             n,
             d,
             3 * d,
             18 * n * d,
+            dataset=name,
             protocol="sampled:10000",
-            metrics={"best_test_ndcg_at_10": 1.0 - law(n, d) / 10},
+            seed=str(s),
+            metrics={metric: 1.0 - law(n, d) / 10 * float(np.exp(rng.normal(0, 1e-4)))},
         )  # fmt: skip
         for n in SIZES_N
-        for d in SIZES_D.values()
+        for name, d in datasets.items()
+        for s in seeds
     ]
-    a = analyse_metric(records, "best_test_ndcg_at_10", n_boot=0)
+
+
+def test_ranking_metric_is_fitted_as_its_complement_and_as_a_power_law():
+    """NDCG (higher is better) gets two named forms: 1 - NDCG with a floor, and NDCG itself."""
+    a = analyse_metric(records_on_law(), "best_test_ndcg_at_10", n_boot=0)
     assert a.label == "test NDCG@10 (10000 sampled negatives)"
-    assert a.fitted_label == "1 − test NDCG@10 (10000 sampled negatives)"
-    np.testing.assert_allclose(a.y, [law(n, d) / 10 for n in SIZES_N for d in SIZES_D.values()])
-    # 1 - NDCG = law / 10 exactly: the same exponents, E and A and B divided by 10.
-    assert a.joint.alpha == pytest.approx(LAW["alpha"], rel=1e-3)
-    assert a.joint.beta == pytest.approx(LAW["beta"], rel=1e-3)
-    assert pytest.approx(LAW["E"] / 10, rel=1e-2) == a.joint.E
-    assert a.analytic.a == pytest.approx(LAW["beta"] / (LAW["alpha"] + LAW["beta"]), rel=1e-2)
-    assert a.k == pytest.approx(18.0)
+    floor, power = a.forms
+    assert (floor.form.key, power.form.key) == ("error-floor", "metric-power")
+    # 1 - NDCG = law / 10: the same exponents, E and A and B divided by 10.
+    assert floor.law.alpha == pytest.approx(LAW["alpha"], rel=0.02)
+    assert floor.law.beta == pytest.approx(LAW["beta"], rel=0.02)
+    assert pytest.approx(LAW["E"] / 10, rel=0.02) == floor.law.E
+    assert floor.analytic.a == pytest.approx(LAW["beta"] / (LAW["alpha"] + LAW["beta"]), rel=0.03)
+    assert floor.k == pytest.approx(18.0)
+    assert floor.loo.rms < 0.001 and power.loo.rms > floor.loo.rms  # the power form misfits
+    assert power.law.a > 0 and power.law.b > 0  # NDCG grows with N and D
+    assert [s.axis for s in floor.slices] == ["N"] * 3  # 4 sizes per D; 3 data sizes per N
+    assert [s.axis for s in power.slices] == ["N"] * 3 + ["D"] * 4
+
+
+def test_frontier_is_not_determined_from_one_data_size(tmp_path):
+    records = records_on_law(datasets={"amazon-1M": 986_987})
+    result = write_report(records, tmp_path, experiment="one-d", n_boot=0,
+                          mapping=StoreMapping(metrics=("best_test_ndcg_at_10",)))  # fmt: skip
+    text = result.report.read_text()
+    assert "Not determined: a single data size or budget (1 distinct)" in text
+    assert "Approach 3" not in text and "| a |" not in text
+    assert not list(tmp_path.glob("*frontier*"))
+    (a,) = result.study.analyses.values()
+    assert all(fa.analytic is None for fa in a.forms)
+
+
+def test_tuned_sizes_list_winners_and_warn_at_the_edge(tmp_path):
+    records = []
+    for n, best_lr in ((1e4, "0.003"), (1e5, "0.001"), (1e6, "0.001")):
+        for lr in ("0.0003", "0.001", "0.003"):
+            for d in (1e5, 1e6):
+                good = lr == best_lr
+                records.append(RunRecord(f"{n}{lr}{d}", f"r{n:g}-lr{lr}-{d:g}", n, d, 3 * d, 18 * n * d,
+                    tuned={"learning_rate": lr}, protocol="full",
+                    metrics={"best_test_loss": law(n, d) * (1.0 if good else 1.1),
+                             "best_valid_loss": law(n, d) * (1.0 if good else 1.1)}))  # fmt: skip
+    mapping = StoreMapping(
+        metrics=("best_test_loss",), select="best_valid_loss", tune=("learning_rate",)
+    )
+    result = write_report(records, tmp_path, experiment="tuned", n_boot=0, mapping=mapping)
+    text = result.report.read_text()
+    assert "Tuned per size (the setting with the best mean best_valid_loss):" in text
+    assert (
+        "| 10K | 100K | learning_rate | 0.003 | 0.0003, 0.001, 0.003 | **at the edge of its grid** |"
+        in text
+    )
+    assert "| 100K | 100K | learning_rate | 0.001 | 0.0003, 0.001, 0.003 |  |" in text
+    assert "Warning: 2 of 6 winners sit at the edge of their grid" in text
+    assert "choices were between two values only" not in text
+    (a,) = result.study.analyses.values()
+    assert [c.tuned["learning_rate"] for c in a.cells] == ["0.003", "0.001", "0.001"] * 2
+    np.testing.assert_allclose([c.mean for c in a.cells], [law(c.n, c.d) for c in a.cells])
+
+
+def test_budget_study_draws_isoflop_profiles(tmp_path):
+    """Runs at 3 budgets x 7 sizes around a planted N*(C) = 0.05 C^0.5: approach 2 finds it."""
+    records = []
+    for c in (1e12, 1e13, 1e14):
+        n_star = 0.05 * c**0.5
+        for i, n in enumerate(n_star * np.geomspace(0.1, 10, 7)):
+            loss = 3.0 + 0.05 * np.log(n / n_star) ** 2
+            records.append(RunRecord(f"{c}{i}", f"r-c{c:g}-{i}", n, 1e5, c / (6 * n), c, budget=c,
+                                     metrics={"best_test_loss": loss}))  # fmt: skip
+    result = write_report(records, tmp_path, experiment="iso", n_boot=20,
+                          mapping=StoreMapping(metrics=("best_test_loss",)))  # fmt: skip
+    text = result.report.read_text()
+    assert "D = training tokens processed" in text  # auto: budgets -> tokens
+    assert "Approach 2, IsoFLOP profiles" in text
+    (a,) = result.study.analyses.values()
+    iso = a.forms[0].isoflop
+    np.testing.assert_allclose(
+        [p.n_opt for p in iso.profiles], [0.05 * c**0.5 for c in (1e12, 1e13, 1e14)], rtol=1e-6
+    )
+    assert iso.exponents.a == pytest.approx(0.5, rel=1e-6)
+    assert (tmp_path / "best_test_loss_loss_isoflop.png").is_file()
+
+
+def test_groups_are_analysed_apart_and_compared(tmp_path):
+    base = records_on_law(metric="best_test_ndcg_at_10")
+    records = [replace(r, group="neg=100") for r in base]
+    records += [replace(r, run_id=r.run_id + "b", run_name=r.run_name + "b", label="", group="neg=300",
+                        metrics={k: v * 1.05 for k, v in r.metrics.items()}) for r in base]  # fmt: skip
+    result = write_report(records, tmp_path, experiment="groups", n_boot=20,
+                          mapping=StoreMapping(metrics=("best_test_ndcg_at_10",)))  # fmt: skip
+    text = result.report.read_text()
+    assert "24 finished runs in 2 groups (neg=100; neg=300)" in text
+    assert "# neg=100" in text and "# neg=300" in text and "# Groups compared with neg=100" in text
+    p = result.study.comparisons[("neg=300", "best_test_ndcg_at_10")]
+    assert len(p.matched) == 12 and p.relative == pytest.approx(0.05) and p.higher == 12
+    assert "higher in 12 of 12 common cells, lower in 0" in text
 
 
 def test_metric_names_and_orientation():
     assert metric_orientation("best_test_loss") == "lower"
+    assert metric_orientation("test/eval_loss") == "lower"
     assert metric_orientation("best_test_ndcg_at_10") == "higher"
+    assert metric_orientation("test/hit_at_5") == "higher"
     assert metric_label("best_test_ndcg_at_10") == "test NDCG@10"
     assert metric_label("best_valid_hr_at_5") == "valid HR@5"
+    assert metric_label("test/ndcg_at_5") == "test NDCG@5"
+    assert metric_label("test/eval_loss") == "test eval loss"
     assert protocol_label("sampled10000 (not comparable with full)") == "10000 sampled negatives"
     assert protocol_label("full") == "full ranking"
+    assert protocol_label("10,000 uniform items") == "10,000 uniform items"
     with pytest.raises(ReportError, match="cannot tell whether higher is better"):
         metric_orientation("epoch_time_s")
 
 
 def test_record_axes_from_params_and_metrics():
     run = {"run_id": "x", "run_name": "r", "params": {"params_non_embedding": "1000", "train_interactions": "500",
-           "flops_per_token": "2000", "dataset": "amazon-1M", "eval_protocol": "full"},
-           "metrics": {"total_flops": 3 * 2000 * 1500.0, "best_test_loss": 2.0}}  # fmt: skip
+           "dataset": "amazon-1M", "eval_protocol": "full", "seed": "7", "hidden_size": "64",
+           "n_layers": "2", "train_flops_budget": "1e9"},
+           "metrics": {"total_flops": 9e6, "total_tokens": 1500.0, "best_test_loss": 2.0}}  # fmt: skip
     rec = record_from_mlflow(run)
-    # tokens = total_flops / (3 x forward flops_per_token)
     assert (rec.n_params, rec.interactions, rec.tokens, rec.compute) == (1000, 500, 1500, 9e6)
-    # No total_flops: tokens = interactions x epochs run, compute = 3 x flops_per_token x tokens.
+    assert (rec.seed, rec.width, rec.depth, rec.budget, rec.label) == ("7", 64, 2, 1e9, "r")
+    assert not rec.compute_estimated
+    # No totals: tokens = interactions x epochs run; no compute unless the mapping estimates it.
     run["metrics"] = {}
     rec = record_from_mlflow(run, {"train_loss": [(1, 2.0), (0, 3.0)]})
-    assert (rec.tokens, rec.compute) == (1000, 6e6)
+    assert (rec.tokens, rec.compute) == (1000, None)
     assert rec.history["train_loss"] == [(0, 3.0), (1, 2.0)]
+    run["params"]["epochs"] = "2"
+    rec = record_from_mlflow(run, None, StoreMapping(compute_k=6.0))
+    assert (rec.compute, rec.compute_estimated) == (6.0 * 1000 * 500 * 2, True)
 
 
 def test_latest_per_name_keeps_first():
@@ -185,3 +297,16 @@ def test_latest_per_name_keeps_first():
     kept, dup = latest_per_name(runs)
     assert [r["run_id"] for r in kept] == ["1", "2"]
     assert dup == ["a"]
+
+
+def test_overfitting_counts_runs_whose_valid_loss_rises():
+    from recbole_fork.scaling.report import overfitting
+
+    def run(curve):
+        return RunRecord("i", "r", 1.0, 1.0, 1.0, 1.0, history={"valid_loss": curve})
+
+    runs = [run([(0, 5.0), (1, 4.0), (2, 4.5)]),  # 12.5% above its minimum at epoch 1
+            run([(0, 5.0), (1, 4.0), (2, 4.1)]),  # 2.5%: not counted
+            run([(0, 5.0), (3, 4.0), (5, 6.0)]),  # minimum at epoch 3
+            run([(0, 5.0)])]  # fmt: skip
+    assert overfitting(runs) == (2, 3, 2.0)

@@ -87,10 +87,54 @@ def test_bad_sweep_files(tmp_path):
         load_sweep(write_sweep(tmp_path, grids={}))
     with pytest.raises(SweepError, match="'budget' must be"):
         load_sweep(write_sweep(tmp_path, budget={"steps": 3}))
+    with pytest.raises(SweepError, match="'budget' must be"):
+        load_sweep(write_sweep(tmp_path, budget={"epochs": 2, "flops": [1e12]}))
     with pytest.raises(SweepError, match="budget.epochs has no entry for dataset 'tiny-b'"):
         expand_trials(load_sweep(write_sweep(tmp_path, budget={"epochs": {"tiny-a": 3}})))
     with pytest.raises(SweepError, match="share the run name"):
         expand_trials(load_sweep(write_sweep(tmp_path, grid={"hidden_size": [8, 8]})))
+
+
+def test_flops_budgets_tuning_and_seeds_cross_the_grid(tmp_path):
+    """2 widths x 2 budgets x (2 or 3 learning rates per width) x 2 seeds, names all distinct."""
+    sweep = write_sweep(
+        tmp_path,
+        grid={"hidden_size": [8, 16], "dataset": ["tiny-a"]},
+        budget={"flops": [1.0e12, 3.0e12]},
+        tune={"learning_rate": {"hidden_size": {8: [0.001, 0.003], 16: [0.0003, 0.001, 0.003]}},
+              "warmup_steps": [100]},
+        seeds=[2020, 2021],
+    )  # fmt: skip
+    trials = expand_trials(load_sweep(sweep))
+    assert len(trials) == (2 + 3) * 2 * 2
+    names = [t.run_name for t in trials]
+    assert len(set(names)) == len(names)
+    assert names[:4] == [
+        "sasrecx-d8-l2-lr0.001-wu100-c1e12-tiny-a-s2020",
+        "sasrecx-d8-l2-lr0.001-wu100-c1e12-tiny-a-s2021",
+        "sasrecx-d8-l2-lr0.003-wu100-c1e12-tiny-a-s2020",
+        "sasrecx-d8-l2-lr0.003-wu100-c1e12-tiny-a-s2021",
+    ]
+    first = trials[0].overrides
+    assert first["train_flops_budget"] == 1.0e12 and "epochs" not in first  # FLOPs stop the run
+    assert (first["learning_rate"], first["warmup_steps"], first["seed"]) == (0.001, 100, 2020)
+    lrs = {t.overrides["learning_rate"] for t in trials if t.overrides["hidden_size"] == 16}
+    assert lrs == {0.0003, 0.001, 0.003}
+
+
+def test_bad_budget_tune_and_seeds(tmp_path):
+    with pytest.raises(SweepError, match="budget.flops must be a non-empty list of FLOPs > 0"):
+        load_sweep(write_sweep(tmp_path, budget={"flops": [1e12, -1]}))
+    with pytest.raises(SweepError, match="budget.flops repeats"):
+        load_sweep(write_sweep(tmp_path, budget={"flops": [1e12, 1e12]}))
+    with pytest.raises(SweepError, match="keyed by 'n_layers', which is not a grid key"):
+        load_sweep(write_sweep(tmp_path, tune={"learning_rate": {"n_layers": {2: [0.1]}}}))
+    with pytest.raises(SweepError, match="has no list for hidden_size = 16"):
+        load_sweep(write_sweep(tmp_path, tune={"learning_rate": {"hidden_size": {8: [0.1]}}}))
+    with pytest.raises(SweepError, match="'hidden_size' is both tuned and in the grid"):
+        load_sweep(write_sweep(tmp_path, tune={"hidden_size": [8, 16]}))
+    with pytest.raises(SweepError, match="either in 'seeds' or as grid key 'seed'"):
+        load_sweep(write_sweep(tmp_path, seeds=[1, 2], grid={"seed": [1, 2], "dataset": ["a"]}))
 
 
 def test_finished_runs_are_skipped_by_name(tmp_path):
