@@ -25,6 +25,7 @@ NAME_TAGS = {
     "train_batch_size": "b",
     "weight_decay": "wd",
     "train_flops_budget": "c",
+    "n_heads": "h",
     "neg_sampler": "",
     "loss_type": "",
 }

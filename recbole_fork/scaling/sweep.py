@@ -68,14 +68,12 @@ import yaml
 
 from recbole_fork import tracking
 from recbole_fork.errors import UserError
+from recbole_fork.naming import tag
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRAINABLE = "recbole_fork.run.pre_train"
 DEFAULT_CONFIG_BUILDER = "recbole_fork.config.build_config"
-DEFAULT_SEED = (
-    2020  # RecBole's default seed, used when neither the base config nor the grid sets one
-)
 CHECKPOINT_FILE = "checkpoint.pth"
 _SPEC_KEYS = {
     "base_config", "experiment", "grid", "budget", "overrides", "inner_size", "data_path",
@@ -84,15 +82,9 @@ _SPEC_KEYS = {
 BUDGET_KEY = "train_flops_budget"  # the trainer's config key for a compute budget (FLOPs)
 _REQUIRED = ("base_config", "experiment", "grid", "budget", "checkpoint_dir")
 _ALIASES = {"hidden": "hidden_size", "layers": "n_layers"}
-# Short run-name tags of grid keys other than size, dataset and seed.
-_NAME_TAGS = {
-    "num_negatives": "neg", "learning_rate": "lr", "n_heads": "h", "inner_size": "ff",
-    "max_seq_length": "len", "hidden_dropout_prob": "do", "train_batch_size": "b",
-    BUDGET_KEY: "c", "warmup_steps": "wu", "weight_decay": "wd",
-}  # fmt: skip
 
 
-class SweepError(UserError, ValueError):
+class SweepError(UserError):
     """A user-caused problem with a sweep file (one line naming the key and the fix)."""
 
 
@@ -298,38 +290,20 @@ def tune_values(spec: SweepSpec, point: Mapping[str, Any]) -> dict[str, list[Any
     return out
 
 
-def _tag(value: Any) -> str:
-    """A value as a run-name fragment: no spaces or path characters."""
-    text = f"{value:g}" if isinstance(value, float) else str(value)
-    return "".join(ch for ch in text if ch.isalnum() or ch in ".-")
+def trial_name(spec: SweepSpec, overrides: Mapping[str, Any], vary: Sequence[str]) -> str:
+    """A trial's run name: the project's one name (``recbole_fork.naming.run_name``) of the
+    config the trial trains, resolved exactly as ``pre_train`` resolves it (the base config,
+    the model's defaults, the overrides), so a trial is named as the same run alone would be.
 
-
-def run_name(values: Mapping[str, Any], grid_keys: Sequence[str] = ()) -> str:
-    """The run name of a trial: ``sasrecx-d64-l2-amazon-1M-s42``.
-
-    Model, width, depth, the item encoder unless ``id`` (``text``, ``idtext``), any other
-    grid key (``neg300``, ``lr0.0001``), then dataset and seed: the same form as
-    ``recbole_fork.run.default_run_name`` when the grid varies only sizes and data.
-
-    Args:
-        values: the trial's resolved settings (base config, overrides, grid point).
-        grid_keys: the keys the grid varies (the others than size, dataset and seed are
-            added to the name so that two trials never share it).
+    Raises:
+        ConfigError: the trial's config is invalid (the key is named), before any launch.
     """
-    parts = [str(values.get("model", "model")).lower()]
-    if values.get("hidden_size") is not None:
-        parts.append(f"d{values['hidden_size']}")
-    if values.get("n_layers") is not None:
-        parts.append(f"l{values['n_layers']}")
-    encoder = values.get("item_encoder")
-    if encoder and encoder != "id":  # as recbole_fork.run.default_run_name does
-        parts.append(_tag(encoder).replace("+", ""))
-    for key in grid_keys:
-        if key in ("model", "hidden_size", "n_layers", "item_encoder", "dataset", "seed"):
-            continue
-        parts.append(_NAME_TAGS.get(key, key.replace("_", "")) + _tag(values[key]))
-    parts += [str(values.get("dataset", "data")), f"s{values.get('seed', DEFAULT_SEED)}"]
-    return "-".join(parts)
+    from recbole_fork.config import build_config
+    from recbole_fork.naming import run_name
+    from recbole_fork.settings import RunSettings
+
+    config = build_config(spec.base_config, dict(overrides))
+    return run_name(RunSettings.from_config(config), vary=vary)
 
 
 def count_interactions(data_path: Path, dataset: str) -> int:
@@ -430,7 +404,7 @@ def _trial(
         overrides["epochs"] = _epochs(spec, str(values.get("dataset")), data_path)
     if spec.data_path is not None:
         overrides["data_path"] = str(spec.data_path)
-    name = run_name(values, name_keys)
+    name = trial_name(spec, overrides, name_keys)
     overrides["run_name"] = name
     overrides["experiment"] = spec.experiment
     return Trial(name, overrides, spec.checkpoint_dir / name / CHECKPOINT_FILE)
@@ -602,7 +576,7 @@ def run_sweep(
                 trial_dirname_creator=_trial_name,
             ),
             run_config=tune.RunConfig(
-                name=_tag(spec.experiment) or "sweep",
+                name=tag(spec.experiment) or "sweep",
                 storage_path=str(spec.checkpoint_dir / "ray_results"),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 verbose=1,

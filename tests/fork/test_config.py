@@ -119,3 +119,26 @@ def test_use_gpu_decides_the_device_where_cuda_is_visible(monkeypatch, use_gpu, 
     config = build_config({"model": "SASRecX", "dataset": "tiny", "use_gpu": use_gpu})
     assert config["device"] == torch.device(device)
     assert RunSettings.from_config(config).device == device
+
+
+def test_one_run_name_from_the_resolved_settings(tiny_dataset):
+    from recbole_fork.naming import run_name
+    from recbole_fork.settings import RunSettings
+
+    def name(**kw):
+        config = build_config({"model": "SASRecX", "dataset": "tiny", "seed": 42, **kw})
+        return RunSettings.from_config(config)
+
+    assert run_name(name()) == "sasrec-d64-l2-h2-id-tiny-s42"
+    varied = name(item_encoder="id+text", num_negatives=300, learning_rate=1e-3)
+    assert run_name(varied, vary=["num_negatives", "learning_rate", "hidden_size"]) == (
+        "sasrec-d64-l2-h2-id+text-neg300-lr0.001-tiny-s42"
+    )
+    assert run_name(name(), strategy="ewc") == "sasrec-d64-l2-h2-id-tiny-ewc-s42"
+    assert run_name(name(run_name="mine")) == "mine"
+    hstu = RunSettings.from_config(build_config({"model": "HSTU", "dataset": "tiny"}))
+    assert run_name(hstu) == "hstu-d50-l2-h1-id-tiny-s2020"  # d width, l layers, h heads
+    wukong = RunSettings.from_config(build_config({"model": "WukongSeq", "dataset": "tiny"}))
+    assert run_name(wukong) == "wukong-d64-l3-w16-f16-c16-k24-id-tiny-s2020"  # no letter reused
+    stock = RunSettings.from_config(build_config({"model": "SASRec", "dataset": "tiny"}))
+    assert run_name(stock) == "recbole-sasrec-d64-l2-tiny-s2020"

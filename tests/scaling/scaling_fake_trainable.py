@@ -2,8 +2,9 @@
 
 Named in a sweep file as ``trainable: tests.scaling.scaling_fake_trainable.pre_train`` and
 ``config_builder: tests.scaling.scaling_fake_trainable.build_config`` (the repository root
-must be on the PYTHONPATH of the Ray workers). The base config may list ``fail_once: [run names]``: those trials raise on
-their first attempt (a marker file beside the checkpoint remembers it) and succeed after.
+must be on the PYTHONPATH of the Ray workers). A ``fail_once.yaml`` beside the base config may
+list run names: those trials raise on their first attempt (a marker file beside the
+checkpoint remembers it) and succeed after.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from recbole_fork.tracking import Tracker
 
 
 def build_config(base_config: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The base YAML with the overrides on top (a plain dict; no RecBole)."""
+    """The base YAML with the overrides on top (a plain dict; no RecBole), plus the run names
+    of ``fail_once.yaml`` beside it under ``fail_once``."""
     config = yaml.safe_load(Path(base_config).read_text(encoding="utf-8")) or {}
     config.update(overrides)
+    fail_once = Path(base_config).parent / "fail_once.yaml"
+    if fail_once.is_file():
+        config["fail_once"] = yaml.safe_load(fail_once.read_text(encoding="utf-8")) or []
     return config
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recbole_fork.scaling.sweep import SweepError, expand_trials, load_sweep, run_name
+from recbole_fork.errors import UserError
+from recbole_fork.scaling.sweep import SweepError, expand_trials, load_sweep
 from tests.netns_util import private_network
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,26 +38,34 @@ def write_sweep(tmp_path: Path, base_values: dict | None = None, **changes) -> P
     return path
 
 
-def test_run_name_form():
-    values = {
-        "model": "SASRecX",
-        "hidden_size": 64,
-        "n_layers": 2,
-        "dataset": "amazon-1M",
-        "seed": 42,
-    }
-    assert run_name(values) == "sasrecx-d64-l2-amazon-1M-s42"
-    values |= {"item_encoder": "id+text", "num_negatives": 300}
-    assert run_name(values, ["num_negatives"]) == "sasrecx-d64-l2-idtext-neg300-amazon-1M-s42"
+def test_trials_are_named_as_the_same_run_alone(tmp_path):
+    """A sweep names a trial from its resolved settings: a model default the base config leaves
+    unset (n_heads) is in the name, as it is for the same run started alone."""
+    from recbole_fork.config import build_config
+    from recbole_fork.naming import run_name
+    from recbole_fork.settings import RunSettings
+
+    sweep = write_sweep(tmp_path, grid={"hidden_size": [8], "dataset": ["tiny-a"]})
+    (trial,) = expand_trials(load_sweep(sweep))
+    alone = build_config(tmp_path / "base.yaml", {"hidden_size": 8, "dataset": "tiny-a"})
+    assert (
+        trial.run_name
+        == run_name(RunSettings.from_config(alone))
+        == "sasrec-d8-l2-h2-id-tiny-a-s42"
+    )
+    with pytest.raises(UserError, match="config key 'hidden_size' must be an integer"):
+        expand_trials(
+            load_sweep(write_sweep(tmp_path, grid={"hidden_size": ["big"], "dataset": ["a"]}))
+        )
 
 
 def test_expand_trials(tmp_path):
     trials = expand_trials(load_sweep(write_sweep(tmp_path)))
     assert [t.run_name for t in trials] == [
-        "sasrecx-d8-l2-tiny-a-s42",
-        "sasrecx-d8-l2-tiny-b-s42",
-        "sasrecx-d16-l2-tiny-a-s42",
-        "sasrecx-d16-l2-tiny-b-s42",
+        "sasrec-d8-l2-h2-id-tiny-a-s42",
+        "sasrec-d8-l2-h2-id-tiny-b-s42",
+        "sasrec-d16-l2-h2-id-tiny-a-s42",
+        "sasrec-d16-l2-h2-id-tiny-b-s42",
     ]
     first = trials[0]
     assert first.overrides == {
@@ -64,7 +73,7 @@ def test_expand_trials(tmp_path):
         "hidden_size": 8,
         "dataset": "tiny-a",
         "epochs": 2,
-        "run_name": "sasrecx-d8-l2-tiny-a-s42",
+        "run_name": "sasrec-d8-l2-h2-id-tiny-a-s42",
         "experiment": "sweep-test",
     }
     assert first.checkpoint_path == tmp_path / "ckpt" / first.run_name / "checkpoint.pth"
@@ -92,7 +101,9 @@ def test_bad_sweep_files(tmp_path):
     with pytest.raises(SweepError, match="budget.epochs has no entry for dataset 'tiny-b'"):
         expand_trials(load_sweep(write_sweep(tmp_path, budget={"epochs": {"tiny-a": 3}})))
     with pytest.raises(SweepError, match="share the run name"):
-        expand_trials(load_sweep(write_sweep(tmp_path, grid={"hidden_size": [8, 8]})))
+        expand_trials(
+            load_sweep(write_sweep(tmp_path, grid={"hidden_size": [8, 8], "dataset": ["a"]}))
+        )
 
 
 def test_flops_budgets_tuning_and_seeds_cross_the_grid(tmp_path):
@@ -102,7 +113,7 @@ def test_flops_budgets_tuning_and_seeds_cross_the_grid(tmp_path):
         grid={"hidden_size": [8, 16], "dataset": ["tiny-a"]},
         budget={"flops": [1.0e12, 3.0e12]},
         tune={"learning_rate": {"hidden_size": {8: [0.001, 0.003], 16: [0.0003, 0.001, 0.003]}},
-              "warmup_steps": [100]},
+              "weight_decay": [0.01]},
         seeds=[2020, 2021],
     )  # fmt: skip
     trials = expand_trials(load_sweep(sweep))
@@ -110,14 +121,14 @@ def test_flops_budgets_tuning_and_seeds_cross_the_grid(tmp_path):
     names = [t.run_name for t in trials]
     assert len(set(names)) == len(names)
     assert names[:4] == [
-        "sasrecx-d8-l2-lr0.001-wu100-c1e12-tiny-a-s2020",
-        "sasrecx-d8-l2-lr0.001-wu100-c1e12-tiny-a-s2021",
-        "sasrecx-d8-l2-lr0.003-wu100-c1e12-tiny-a-s2020",
-        "sasrecx-d8-l2-lr0.003-wu100-c1e12-tiny-a-s2021",
+        "sasrec-d8-l2-h2-id-lr0.001-wd0.01-c1e12-tiny-a-s2020",
+        "sasrec-d8-l2-h2-id-lr0.001-wd0.01-c1e12-tiny-a-s2021",
+        "sasrec-d8-l2-h2-id-lr0.003-wd0.01-c1e12-tiny-a-s2020",
+        "sasrec-d8-l2-h2-id-lr0.003-wd0.01-c1e12-tiny-a-s2021",
     ]
     first = trials[0].overrides
     assert first["train_flops_budget"] == 1.0e12 and "epochs" not in first  # FLOPs stop the run
-    assert (first["learning_rate"], first["warmup_steps"], first["seed"]) == (0.001, 100, 2020)
+    assert (first["learning_rate"], first["weight_decay"], first["seed"]) == (0.001, 0.01, 2020)
     lrs = {t.overrides["learning_rate"] for t in trials if t.overrides["hidden_size"] == 16}
     assert lrs == {0.0003, 0.001, 0.003}
 
@@ -260,7 +271,7 @@ def test_sweep_on_local_ray_resumes_without_duplicates(tmp_path):
         "model": "SASRecX",
         "seed": 42,
         "n_layers": 1,
-        "fail_once": ["sasrecx-d8-l1-tiny-b-s42"],
+        "fail_once": ["sasrec-d8-l1-h2-id-tiny-b-s42"],
     }
     sweep = write_sweep(tmp_path, base)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -285,8 +296,8 @@ def test_sweep_on_local_ray_resumes_without_duplicates(tmp_path):
     second = sweep_run()  # d8-l1-tiny-b fails once; the other two still finish
     assert second.returncode == 1, second.stderr[-3000:]
     assert "1 already finished (skipped), 2 finished now, 1 failed, 0 left" in second.stdout
-    assert "FAILED sasrecx-d8-l1-tiny-b-s42: " in second.stdout
-    assert "planned failure of sasrecx-d8-l1-tiny-b-s42" in second.stdout
+    assert "FAILED sasrec-d8-l1-h2-id-tiny-b-s42: " in second.stdout
+    assert "planned failure of sasrec-d8-l1-h2-id-tiny-b-s42" in second.stdout
 
     third = sweep_run()  # only the failed trial runs again
     assert third.returncode == 0, third.stderr[-3000:]
@@ -299,12 +310,12 @@ def test_sweep_on_local_ray_resumes_without_duplicates(tmp_path):
     runs = client.search_runs([exp.experiment_id])
     finished = sorted(r.info.run_name for r in runs if r.info.status == "FINISHED")
     assert finished == [
-        "sasrecx-d16-l1-tiny-a-s42",
-        "sasrecx-d16-l1-tiny-b-s42",
-        "sasrecx-d8-l1-tiny-a-s42",
-        "sasrecx-d8-l1-tiny-b-s42",
+        "sasrec-d16-l1-h2-id-tiny-a-s42",
+        "sasrec-d16-l1-h2-id-tiny-b-s42",
+        "sasrec-d8-l1-h2-id-tiny-a-s42",
+        "sasrec-d8-l1-h2-id-tiny-b-s42",
     ]  # four, each once
     failed = [r.info.run_name for r in runs if r.info.status == "FAILED"]
-    assert failed == ["sasrecx-d8-l1-tiny-b-s42"]  # the first attempt, kept as history
+    assert failed == ["sasrec-d8-l1-h2-id-tiny-b-s42"]  # the first attempt, kept as history
     for name in finished:
         assert (tmp_path / "ckpt" / name / "checkpoint.pth").read_bytes() == b"fake"
