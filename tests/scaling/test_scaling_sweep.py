@@ -267,13 +267,11 @@ def test_importing_the_package_imports_neither_ray_nor_mlflow():
 def test_sweep_on_local_ray_resumes_without_duplicates(tmp_path):
     """2 x 2 trials: stop after the first, restart with one planned failure, restart again."""
     prefix = private_network()
-    base = {
-        "model": "SASRecX",
-        "seed": 42,
-        "n_layers": 1,
-        "fail_once": ["sasrec-d8-l1-h2-id-tiny-b-s42"],
-    }
+    base = {"model": "SASRecX", "seed": 42, "n_layers": 1}
     sweep = write_sweep(tmp_path, base)
+    # The fake trainable fails these trials once (a file beside the base config: the base
+    # config itself must be a valid training config, since trials are named from it).
+    (tmp_path / "fail_once.yaml").write_text(yaml.safe_dump(["sasrec-d8-l1-h2-id-tiny-b-s42"]))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {
         **os.environ,
