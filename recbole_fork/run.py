@@ -119,7 +119,7 @@ def _train_fork(
     dist: DistEnv,
 ) -> dict[str, Any]:
     """A fork model: open the tracked run (rank 0 only), assemble and train it."""
-    from recbole_fork.session import open_tracked_run, train
+    from recbole_fork.session import log_checkpoint, open_tracked_run, train
 
     if not dist.is_main:  # trains and evaluates its shard; logs nothing, writes nothing
         return train(config, checkpoint_path, settings=settings, resume=resume, dist=dist)
@@ -135,6 +135,7 @@ def _train_fork(
             config, checkpoint_path, settings=settings, tracker=tracker, resume=resume, dist=dist
         )
         tracker.log_dict(result, "final_metrics.json")
+        log_checkpoint(tracker, checkpoint_path)
     return result
 
 
