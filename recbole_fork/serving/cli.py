@@ -51,7 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-body-kb", type=_positive, default=1024, help="largest request body (default 1024)"
     )
-    p.add_argument("--threads", type=_positive, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=_positive, default=1,
+        help="torch CPU threads of the model (default 1: small batches gain nothing from more, "
+        "and on a shared machine OpenMP threads stall them; raise it for large catalogs on "
+        "idle cores)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
@@ -83,8 +88,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     from recbole_fork.serving.server import bind_socket, run_server
 
     setup_logging(getattr(logging, args.log_level.upper()))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     try:
         with tempfile.TemporaryDirectory(prefix="serve-") as tmp:
             checkpoint, name = args.checkpoint, None
@@ -114,6 +118,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     run_server(
         create_app(recommender, options), sock, log_level=args.log_level, access_log=args.access_log
     )
+    print("stopped", flush=True)
     return 0
 
 

@@ -45,6 +45,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def _uvicorn_server(app: Any, log_level: str, access_log: bool):
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that SIGINT / SIGTERM end ``run`` normally after the
+        graceful shutdown: uvicorn raises the signal again once it has shut down, which
+        makes a clean stop exit with a KeyboardInterrupt traceback or status -15."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
     config = uvicorn.Config(
         app,
         log_level=log_level,
@@ -53,7 +62,7 @@ def _uvicorn_server(app: Any, log_level: str, access_log: bool):
         backlog=BACKLOG,
         timeout_graceful_shutdown=10,
     )
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def run_server(

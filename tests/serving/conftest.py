@@ -105,14 +105,8 @@ def train_checkpoint(data_path: Path, out: Path, name: str, **overrides) -> Path
 
     from recbole_fork.session import train
 
-    config = run_config(
-        data_path,
-        dataset=DATASET,
-        epochs=1,
-        num_negatives=5,
-        seed=7,
-        **{**MODELS[name], **overrides},
-    )
+    settings = {"epochs": 1, "num_negatives": 5, "seed": 7, **MODELS[name], **overrides}
+    config = run_config(data_path, dataset=DATASET, **settings)
     path = out / f"{name}.pth"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -24,7 +24,7 @@ from recbole_fork.serving import (
     create_app,
     load_servable,
 )
-from tests.serving.conftest import MODELS
+from tests.serving.conftest import MODELS, write_shop_dataset
 
 TIMEOUT = 60  # seconds per HTTP call: generous, the test machine is shared
 
@@ -367,3 +367,48 @@ def test_server_stops_cleanly_and_frees_its_port(checkpoints):
     with socket.socket() as s:  # the port is free again
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", srv.port))
+
+
+@pytest.mark.slow
+def test_new_items_are_recommended_to_users_whose_history_their_text_matches(tmp_path):
+    """A text model trained on users who stay mostly (80%) within one of three clusters
+    (each cluster: its own title word and category) gets three new items, one per cluster,
+    with titles it never saw otherwise. For most users of a cluster, the new item of their
+    cluster scores highest of the three (chance: 1 in 3)."""
+    from tests.serving.conftest import CATEGORIES, CLUSTER_WORDS, train_checkpoint
+
+    root = tmp_path / "data"
+    write_shop_dataset(root, n_users=120)
+    ckpt = train_checkpoint(root, tmp_path, "sasrec-text", epochs=30, learning_rate=0.01)
+    sv = load_servable(ckpt)
+    ds = sv.dataset
+    users = [str(u) for u in ds.field2id_token[ds.uid_field][1:] if str(u).startswith("c")]
+    item_tokens = ds.field2id_token[ds.iid_field]
+    cluster_of = {}
+    for u in users:
+        history, _ = raw_history(sv, u, drop=0)
+        cluster_of[u] = int(np.bincount([int(t[1:]) % 3 for t in history], minlength=3).argmax())
+    new_items = [
+        {
+            "item_id": f"new-{c}",
+            "title": f"Purple tonic &amp; {CLUSTER_WORDS[c]} no.99",
+            "brand": "Lumi",
+            "category_l1": CATEGORIES[c],
+        }
+        for c in range(3)
+    ]
+    with start_server(sv) as srv:
+        r = requests.post(f"{srv.url}/items", json={"items": new_items}, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        r = requests.post(
+            f"{srv.url}/recommend/batch",
+            json={"requests": [{"user_id": u, "k": len(item_tokens) + 2} for u in users]},
+            timeout=TIMEOUT,
+        )
+        assert r.status_code == 200, r.text
+    wins = np.zeros((3, 3))
+    for u, result in zip(users, r.json()["results"], strict=True):
+        scores = {x["item_id"]: x["score"] for x in result["items"]}
+        wins[cluster_of[u], int(np.argmax([scores[f"new-{c}"] for c in range(3)]))] += 1
+    share = wins / wins.sum(axis=1, keepdims=True)  # [user's cluster, preferred new item]
+    assert (np.diag(share) >= 0.6).all(), share
