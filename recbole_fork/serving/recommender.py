@@ -132,7 +132,6 @@ class Recommender:
         self.uses_time = bool(getattr(self.model.backbone, "use_time_bias", False))
         ds = servable.dataset
         self.dataset_name = str(ds.dataset_name)
-        self._item_field = ds.iid_field
         self._item_tokens = np.asarray(ds.field2id_token[ds.iid_field])  # [n_items], id -> token
         self._item_index = pd.Index(self._item_tokens)
         self._user_index = pd.Index(np.asarray(ds.field2id_token[ds.uid_field]))

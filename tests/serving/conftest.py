@@ -31,41 +31,51 @@ class ShopItem:
     category_l1: str
 
 
-def shop_items(n_items: int) -> list[ShopItem]:
+def shop_items(n_items: int, prefix: str = "p", extra: str = "") -> list[ShopItem]:
     """Items ``p0 .. p{n-1}``: item i belongs to cluster ``i % 3`` (its title word and
-    category); titles carry HTML entities as raw metadata does."""
+    category); titles carry HTML entities as raw metadata does, and ``extra`` words."""
     out = []
     for i in range(n_items):
         c = i % 3
-        title = f"{COLOURS[i % 6].title()} {NOUNS[i % 8]} &amp; {CLUSTER_WORDS[c]} no.{i}"
-        out.append(ShopItem(f"p{i}", title, BRANDS[i % 4], CATEGORIES[c]))
+        title = f"{COLOURS[i % 6].title()} {NOUNS[i % 8]} &amp; {CLUSTER_WORDS[c]} no.{i}{extra}"
+        out.append(ShopItem(f"{prefix}{i}", title, BRANDS[i % 4], CATEGORIES[c]))
     return out
 
 
 def write_shop_dataset(
-    root: Path, n_users: int = 40, n_items: int = 30, per_user: int = 8, seed: int = 0
+    root: Path,
+    n_users: int = 40,
+    n_items: int = 30,
+    per_user: int = 8,
+    seed: int = 0,
+    name: str = DATASET,
+    prefix: str = "p",
+    extra: str = "",
 ) -> list[ShopItem]:
-    """Write ``root/shop/shop.{inter,item}`` and ``root/sentencepiece/spm.model`` (the ETL's
-    layout); returns the items' raw text.
+    """Write ``root/<name>/<name>.{inter,item}`` and, unless there is one,
+    ``root/sentencepiece/spm.model`` (the ETL's layout); returns the items' raw text.
 
     Each user stays mostly (80%) within one cluster of items; timestamps increase by a day.
     """
     from etl.text import Tokenizer, clean_text, clean_token, train_sentencepiece, words
 
     rng = random.Random(seed)
-    items = shop_items(n_items)
+    items = shop_items(n_items, prefix, extra)
     spm = root / "sentencepiece" / "spm.model"
-    sentences = [words(clean_text(t)) for it in items for t in (it.title, it.brand, it.category_l1)]
-    train_sentencepiece(sentences, spm, vocab_size=120)
+    if not spm.is_file():
+        sentences = [
+            words(clean_text(t)) for it in items for t in (it.title, it.brand, it.category_l1)
+        ]
+        train_sentencepiece(sentences, spm, vocab_size=120)
     tok = Tokenizer(spm)
     titles = tok.pieces([it.title for it in items], 40)
     brands = tok.pieces([it.brand for it in items], 8)
-    folder = root / DATASET
+    folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     rows = ["item_id:token\ttitle:token_seq\tbrand:token_seq\tcategory_l1:token"]
     for it, t, b in zip(items, titles, brands):
         rows.append(f"{it.item_id}\t{t}\t{b}\t{clean_token(it.category_l1)}")
-    (folder / f"{DATASET}.item").write_text("\n".join(rows) + "\n")
+    (folder / f"{name}.item").write_text("\n".join(rows) + "\n")
     lines = ["user_id:token\titem_id:token\ttimestamp:float"]
     for u in range(1, n_users + 1):
         cluster = rng.randrange(3)
@@ -77,10 +87,11 @@ def write_shop_dataset(
                 seen.append(i)
         for t, i in enumerate(seen):
             # Uneven gaps, so that a model reading time gaps sees different buckets.
-            lines.append(f"c{u}\tp{i}\t{1_000_000 + 86_400 * t + 3_600 * rng.randrange(24)}")
+            time = 1_000_000 + 86_400 * t + 3_600 * rng.randrange(24)
+            lines.append(f"c{u}\t{prefix}{i}\t{time}")
     # A user with 2 interactions: training only, no held-out valid or test item.
-    lines += ["short1\tp0\t1000000", "short1\tp3\t1086400"]
-    (folder / f"{DATASET}.inter").write_text("\n".join(lines) + "\n")
+    lines += [f"short1\t{prefix}0\t1000000", f"short1\t{prefix}3\t1086400"]
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
     return items
 
 
