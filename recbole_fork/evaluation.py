@@ -5,6 +5,9 @@ target ranked against every real item, the user's history excluded from the rank
 matrix of users x items never exists at once: item embeddings are computed one chunk of ids
 at a time (``item_fn`` may be a text encoder) and scored against one chunk of users at a
 time, so memory is bounded by ``item_chunk x user_chunk`` scores whatever the catalog size.
+Where the item embeddings are already computed (the serving path, ``recbole_fork.serving``),
+the matrix itself takes the place of ``item_fn`` and each chunk is a view of it: offline
+evaluation and serving rank through the same code.
 
 Metrics follow RecBole's definitions with one target per user and a 0-based ``rank`` (the
 number of candidate items ranked above the target):
@@ -41,6 +44,8 @@ __all__ = [
 ]
 
 ItemFn = Callable[[torch.Tensor], torch.Tensor]
+# An ItemFn, or the item matrix itself: float [n_items, D], row i the embedding of item i.
+Items = ItemFn | torch.Tensor
 
 VALID_EVAL_MODES = ("full", "sampled:N")
 _SAMPLED_MODE = re.compile(r"sampled:([1-9][0-9]*)")
@@ -149,7 +154,7 @@ def ranking_metrics(ranks: torch.Tensor, ks: Sequence[int] = (10,)) -> dict[str,
 @torch.no_grad()
 def evaluate_ranking(
     user_vecs: torch.Tensor,
-    item_fn: ItemFn,
+    item_fn: Items,
     n_items: int,
     targets: torch.Tensor,
     ks: Sequence[int] = (10,),
@@ -194,7 +199,8 @@ def evaluate_ranking(
 
     Args:
         user_vecs: float [U, D], one user state per target.
-        item_fn: maps int64 ids [n] to float embeddings [n, D].
+        item_fn: maps int64 ids [n] to float embeddings [n, D]; or the item matrix itself,
+            float [n_items, D] (row i = item i), whose chunks are then views, not copies.
         n_items: catalog size, padding id 0 included (RecBole's ``dataset.item_num``).
         targets: int64 [U], each in ``1 .. n_items-1``.
         ks: cut-offs, each >= 1.
@@ -231,7 +237,7 @@ def evaluate_ranking(
 @torch.no_grad()
 def target_ranks(
     user_vecs: torch.Tensor,
-    item_fn: ItemFn,
+    item_fn: Items,
     n_items: int,
     targets: torch.Tensor,
     mode: str = "full",
@@ -253,6 +259,7 @@ def target_ranks(
     kind, n_sampled = parse_eval_mode(mode)
     n_users, dim = _check_user_vecs(user_vecs)
     _check_catalog(n_items, item_chunk, user_chunk)
+    _check_items(item_fn, n_items, dim)
     device = user_vecs.device
     targets = _check_targets(targets, n_users, n_items, device)
     hist = _check_history(hist_indptr, hist_items, n_users, n_items, device)
@@ -266,7 +273,7 @@ def target_ranks(
     # Targets' embeddings once, in slices no larger than a catalog chunk.
     target_emb = torch.cat(
         [
-            _embed(item_fn, targets[s : s + item_chunk], dim, dtype, device)
+            _embed(item_fn, targets[s : s + item_chunk], None, dim, dtype, device)
             for s in range(0, n_users, item_chunk)
         ]
     )  # [U, D]
@@ -289,8 +296,8 @@ def target_ranks(
     max_users = min(user_chunk, n_users)
     n_candidates = n_items - 1 if candidates is None else candidates.numel()
     buffer = _Buffer(max_users * (min(item_chunk, n_candidates) + max_users), dtype, device)
-    for chunk_ids in _chunks(candidates, n_items, item_chunk, device):
-        emb = _embed(item_fn, chunk_ids, dim, dtype, device)  # [C, D]
+    for chunk_ids, start in _chunks(candidates, n_items, item_chunk, device):
+        emb = _embed(item_fn, chunk_ids, start, dim, dtype, device)  # [C, D]
         n_cand = chunk_ids.numel()
         for (u0, u1), (rows, items) in zip(user_slices, excluded, strict=True):
             # One product gives the chunk's scores and the targets' scores (same dtype, same
@@ -314,7 +321,7 @@ def target_ranks(
 @torch.no_grad()
 def topk_items(
     user_vecs: torch.Tensor,
-    item_fn: ItemFn,
+    item_fn: Items,
     n_items: int,
     k: int,
     hist_indptr: torch.Tensor | None = None,
@@ -331,7 +338,8 @@ def topk_items(
 
     Args:
         user_vecs: float [U, D].
-        item_fn: maps int64 ids [n] to float embeddings [n, D].
+        item_fn: maps int64 ids [n] to float embeddings [n, D]; or the item matrix itself,
+            float [n_items, D], as in ``evaluate_ranking``.
         n_items: catalog size, padding id 0 included.
         k: list length, ``1 <= k <= n_items - 1``.
         hist_indptr, hist_items: CSR of the items to exclude per user, as in
@@ -346,6 +354,7 @@ def topk_items(
     """
     n_users, dim = _check_user_vecs(user_vecs)
     _check_catalog(n_items, item_chunk, user_chunk)
+    _check_items(item_fn, n_items, dim)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_items - 1:
         raise ValueError(f"topk_items: k must be an integer in 1..{n_items - 1}, got {k!r}")
     device = user_vecs.device
@@ -360,8 +369,8 @@ def topk_items(
     user_slices = list(_user_slices(n_users, user_chunk))
     excluded = [_history_pairs(hist, u0, u1, device) for u0, u1 in user_slices]
     buffer = _Buffer(min(user_chunk, n_users) * min(item_chunk, n_items - 1), dtype, device)
-    for chunk_ids in _chunks(None, n_items, item_chunk, device):
-        emb = _embed(item_fn, chunk_ids, dim, dtype, device)  # [C, D]
+    for chunk_ids, start in _chunks(None, n_items, item_chunk, device):
+        emb = _embed(item_fn, chunk_ids, start, dim, dtype, device)  # [C, D]
         for (u0, u1), (rows, items) in zip(user_slices, excluded, strict=True):
             scores = buffer.matrix(u1 - u0, chunk_ids.numel())  # [Uc, C]
             torch.matmul(users[u0:u1], emb.T, out=scores)
@@ -528,13 +537,18 @@ def _candidates(
 
 def _chunks(
     candidates: torch.Tensor | None, n_items: int, item_chunk: int, device: torch.device
-) -> Iterator[torch.Tensor]:
-    """Ascending int64 id chunks of at most ``item_chunk``: the sample or ids 1..n_items-1."""
+) -> Iterator[tuple[torch.Tensor, int | None]]:
+    """Ascending int64 id chunks of at most ``item_chunk``: the sample or ids 1..n_items-1.
+
+    Each comes with its first id when the chunk is a contiguous range (the full catalog), so
+    that an item matrix is sliced rather than gathered; None for a sample's chunks.
+    """
     if candidates is not None:
-        yield from candidates.split(item_chunk)
+        for chunk in candidates.split(item_chunk):
+            yield chunk, None
         return
     for start in range(1, n_items, item_chunk):
-        yield torch.arange(start, min(start + item_chunk, n_items), device=device)
+        yield torch.arange(start, min(start + item_chunk, n_items), device=device), start
 
 
 def _user_slices(n_users: int, user_chunk: int) -> Iterator[tuple[int, int]]:
@@ -542,10 +556,33 @@ def _user_slices(n_users: int, user_chunk: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + user_chunk, n_users)
 
 
+def _check_items(items: Items, n_items: int, dim: int) -> None:
+    """An item matrix must hold one float row of width D per id, padding included."""
+    if isinstance(items, torch.Tensor) and (
+        items.shape != (n_items, dim) or not items.is_floating_point()
+    ):
+        raise ValueError(
+            f"an item matrix must be float [n_items, D]=[{n_items}, {dim}], got {items.dtype} "
+            f"{tuple(items.shape)}"
+        )
+
+
 def _embed(
-    item_fn: ItemFn, ids: torch.Tensor, dim: int, dtype: torch.dtype, device: torch.device
+    items: Items,
+    ids: torch.Tensor,
+    start: int | None,
+    dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> torch.Tensor:
-    emb = item_fn(ids)
+    """Embeddings [n, D] of ``ids``: ``items(ids)``, or rows of the item matrix ``items``
+    (a view when the ids are the contiguous range from ``start``, a gather otherwise)."""
+    if isinstance(items, torch.Tensor):
+        emb = (
+            items[start : start + ids.numel()] if start is not None else items[ids.to(items.device)]
+        )
+        return emb.to(device=device, dtype=dtype)
+    emb = items(ids)
     if not isinstance(emb, torch.Tensor) or emb.shape != (ids.numel(), dim):
         shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
         raise ValueError(

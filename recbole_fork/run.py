@@ -78,7 +78,7 @@ def pre_train(
         DistributedError: a stock RecBole model under torchrun, or a ``train_batch_size``
             that the world size does not divide.
     """
-    from recbole_fork.session import open_tracked_run, train
+    from recbole_fork.session import log_checkpoint, open_tracked_run, train
 
     dist = dist or DistEnv.from_environ()
     setup_logging(logging.INFO if dist.is_main else logging.WARNING)
@@ -111,6 +111,7 @@ def pre_train(
                     resume=resume,
                     dist=dist,
                 )
+                log_checkpoint(tracker, checkpoint_path)  # for serve.py --run RUN_ID
             else:
                 result = _train_stock(config, settings, checkpoint_path, tracker, resume)
             tracker.log_dict(result, "final_metrics.json")

@@ -200,6 +200,32 @@ def train(
     return trainer.fit(resume=resume)
 
 
+# The final checkpoint goes into the run's artifacts up to this size; a larger one (a
+# million-item ID table with its Adam state is GBs) is recorded by its path alone, so that
+# the tracking store does not hold a second copy of every large model.
+CHECKPOINT_ARTIFACT_MAX_BYTES = 256 * 2**20
+CHECKPOINT_ARTIFACT_DIR = "checkpoint"
+
+
+def log_checkpoint(tracker, checkpoint_path: str | Path) -> None:
+    """Record a finished run's checkpoint in its tracked run, for ``serve.py --run RUN_ID``.
+
+    Tags ``checkpoint_path`` (absolute) and ``checkpoint_bytes`` always; the file itself
+    becomes the artifact ``checkpoint/<file name>`` (tag ``checkpoint_artifact``) when it is
+    at most ``CHECKPOINT_ARTIFACT_MAX_BYTES``. Nothing is logged when no checkpoint was
+    written.
+    """
+    path = Path(checkpoint_path).resolve()
+    if not path.is_file():
+        return
+    size = path.stat().st_size
+    tags: dict[str, Any] = {"checkpoint_path": str(path), "checkpoint_bytes": size}
+    if size <= CHECKPOINT_ARTIFACT_MAX_BYTES:
+        tracker.log_artifact(path, CHECKPOINT_ARTIFACT_DIR)
+        tags["checkpoint_artifact"] = f"{CHECKPOINT_ARTIFACT_DIR}/{path.name}"
+    tracker.set_tags(tags)
+
+
 def checkpoint_meta(settings: RunSettings) -> dict[str, Any]:
     """What every checkpoint of the run records besides the trainer's state."""
     return {"config": dict(settings.resolved), "model": settings.model}
@@ -209,7 +235,9 @@ __all__ = [
     "Built",
     "assemble",
     "build_model",
+    "CHECKPOINT_ARTIFACT_MAX_BYTES",
     "checkpoint_meta",
+    "log_checkpoint",
     "open_tracked_run",
     "run_params",
     "seed",

@@ -363,3 +363,55 @@ def upgrade_database(tracking_uri: str) -> None:
     if done.returncode != 0:
         lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
         raise RuntimeError(f"mlflow db upgrade failed: {lines[-1] if lines else done.returncode}")
+
+
+def run_checkpoint(
+    run_id: str, tracking_uri: str | None, dst_dir: str | Path
+) -> tuple[Path, str | None]:
+    """The final checkpoint a training run recorded (``session.log_checkpoint``), and the
+    run's name.
+
+    The artifact ``checkpoint/<name>`` is downloaded into ``dst_dir``; a run whose
+    checkpoint was too large for an artifact gives the path in its ``checkpoint_path`` tag,
+    used where it exists on this machine.
+
+    Raises:
+        CheckpointError: no such run, a run that recorded no checkpoint (it did not finish,
+            or was trained before checkpoints were recorded), or a recorded path that does
+            not exist here.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from recbole_fork.checkpoint import CheckpointError
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise CheckpointError(
+            f"MLflow run {run_id} not found at {uri}; check the run id and --tracking-uri"
+        ) from None
+    tags, name = run.data.tags, run.info.run_name
+    artifact = tags.get("checkpoint_artifact")
+    if artifact:
+        try:
+            return Path(client.download_artifacts(run_id, artifact, str(dst_dir))), name
+        except (MlflowException, OSError) as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"MLflow run {run_id}: its checkpoint artifact {artifact} cannot be read ({first})"
+            ) from None
+    path = tags.get("checkpoint_path")
+    if not path:
+        raise CheckpointError(
+            f"MLflow run {run_id} recorded no checkpoint (unfinished, or trained before runs "
+            "recorded one); pass the checkpoint file with -i instead"
+        )
+    if not Path(path).is_file():
+        raise CheckpointError(
+            f"MLflow run {run_id} recorded its checkpoint by path only (too large for an "
+            f"artifact): {path} is not on this machine; copy it here and pass it with -i"
+        )
+    return Path(path), name

@@ -164,10 +164,14 @@ class FineTuneRecipe:
         )
 
     def train(self) -> dict[str, Any]:
-        """Train to the end; the best valid epoch's metrics plus ``transfer_*``."""
+        """Train to the end; the best valid epoch's metrics plus ``transfer_*``; the final
+        checkpoint is recorded in the tracked run (``session.log_checkpoint``)."""
+        from recbole_fork.session import log_checkpoint
+
         result: dict[str, Any] = dict(self.trainer.fit())
         result.update(self.transfer_metrics)
         self.tracker.log_dict(result, "final_metrics.json")
+        log_checkpoint(self.tracker, self.checkpoint_path)
         return result
 
     def cleanup(self, error: BaseException | None = None) -> None:
