@@ -44,10 +44,18 @@ class Built:
 
 
 def seed(settings: RunSettings) -> None:
-    """Seed python, numpy and torch (RecBole's ``init_seed``: also cuDNN determinism)."""
+    """Seed python, numpy and torch (RecBole's ``init_seed``: also cuDNN determinism).
+
+    With ``reproducibility`` on the CPU, torch's deterministic kernels too: some CPU backward
+    kernels (the one behind WukongSeq's sliding windows among them) add their parts in
+    thread order, so with two or more threads two runs of the same seed differed in the
+    last bits of the item table's gradient, and then in their metrics.
+    """
     from recbole.utils import init_seed
 
     init_seed(settings.seed, settings.training.reproducibility)
+    if settings.training.reproducibility and torch.device(settings.device).type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def build_model(spec: ModelSpec, data) -> torch.nn.Module:

@@ -236,3 +236,36 @@ def test_model_user_vectors_and_recbole_scores():
         )
     torch.testing.assert_close(users, torch.stack([states[0, 3], states[1, 5]]))
     torch.testing.assert_close(full, users @ model.item_embeddings(torch.arange(N_ITEMS)).T)
+
+
+def test_cpu_training_repeats_bit_for_bit_with_two_threads():
+    """With ``reproducibility`` the run's seeding turns on torch's deterministic kernels on the
+    CPU: without them this model's item-table gradient changed in its last bits from one
+    identical backward pass to the next when torch used 2 threads."""
+    from recbole_fork.session import seed
+    from recbole_fork.settings import RunSettings
+    from tests.conftest import run_config
+
+    before, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    try:
+        settings = RunSettings.from_config(run_config(model="WukongSeq", dataset="tiny"))
+        seed(settings)
+        assert torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(2)
+        model = tiny_fork_model("WukongSeq", 12102, hidden_size=64, n_layers=2).train()
+        gen = torch.Generator().manual_seed(0)
+        seq = torch.randint(1, 12102, (256, 50), generator=gen)
+        seq[:, 30:] = 0
+        target = torch.roll(seq, -1, 1)
+        target[:, 29:] = 0
+        grads = []
+        for _ in range(3):
+            model.zero_grad()
+            torch.manual_seed(1)  # the same dropout masks each time
+            batch = {"item_seq": seq, "target": target}
+            model.training_loss(batch, torch.Generator().manual_seed(3)).backward()
+            grads.append(model.item_encoder.item_embedding.weight.grad.clone())
+        assert all(torch.equal(grads[0], g) for g in grads[1:])
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.set_num_threads(threads)
