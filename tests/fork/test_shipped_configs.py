@@ -3,7 +3,7 @@ fine-tuning commands written in ``confs/fine_tune/``.
 
 * Every ``confs/pre_train/amazon-*.yaml`` trains for exactly two steps on tiny data with
   only its sizes overridden, and every other key reaches the run as the file says.
-* The grid files expand to the study's 120 trials, whose architectures have exactly the
+* The grid file expands to the study's 120 trials, whose architectures have exactly the
   non-embedding parameter counts the study's own MLflow store logged.
 * (slow) The commands in the headers of ``confs/fine_tune/*.yaml`` run as written on the
   demo's data, from a checkpoint pre-trained with a shrunk ``amazon-100K.yaml``.
@@ -28,7 +28,7 @@ from tests.conftest import RecordingTracker, write_atomic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = {p.name: p for p in sorted((REPO / "confs" / "pre_train").glob("amazon-*.yaml"))}
-GRID = [REPO / "confs" / "sweeps" / f"srt-grid-d{w}.yaml" for w in (32, 64, 128, 256)]
+GRID = REPO / "confs" / "sweeps" / "srt-grid.yaml"
 DATASETS = ["amazon-100K", "amazon-500K", "amazon-1M", "amazon-5M", "amazon-10M"]
 
 # Sizes of a two-step run on tiny data; nothing else is overridden. The tiny set has 20 users
@@ -90,6 +90,9 @@ class _Tracker(RecordingTracker):
     def log_artifact(self, path, artifact_path=None) -> None:
         self.dicts[str(path)] = "file"
 
+    def set_tags(self, tags) -> None:
+        self.dicts["tags"] = dict(tags)
+
 
 def test_the_five_pre_training_configs_are_shipped() -> None:
     assert sorted(PRETRAIN) == sorted(f"{d}.yaml" for d in DATASETS)
@@ -99,9 +102,9 @@ def test_the_five_pre_training_configs_are_shipped() -> None:
 def test_pre_training_config_trains_two_steps_with_only_sizes_overridden(
     name: str, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    import recbole_fork.run
+    import recbole_fork.tracking
 
-    monkeypatch.setattr(recbole_fork.run, "Tracker", _Tracker)
+    monkeypatch.setattr(recbole_fork.tracking, "Tracker", _Tracker)
     path = PRETRAIN[name]
     settings = yaml.safe_load(path.read_text(encoding="utf-8"))
     data = write_atomic_dataset(
@@ -112,9 +115,10 @@ def test_pre_training_config_trains_two_steps_with_only_sizes_overridden(
     argv = ["-c", str(path), "-o", str(ckpt), "--data-path", str(data), *sets]
     assert pre_train_main(argv) == 0, capsys.readouterr().err
 
-    state = load_checkpoint(ckpt)
-    assert (state["epoch"], state["global_step"]) == (0, 2)
-    resolved = state["config"]
+    checkpoint = load_checkpoint(ckpt)
+    state = checkpoint["state"]
+    assert (state["epoch_done"], state["global_step"]) == (0, 2)
+    resolved = checkpoint["config"]
     for key, value in settings.items():
         expected = TINY_SIZES.get(key, value)
         if isinstance(value, dict):  # scheduler, load_col: merged over the defaults
@@ -130,8 +134,9 @@ def test_study_architectures_have_the_study_non_embedding_parameter_counts(
 ) -> None:
     from recbole_fork.config import build_config
     from recbole_fork.data import build_seq_data
-    from recbole_fork.models import get_model_class
     from recbole_fork.params import count_parameters
+    from recbole_fork.session import build_model
+    from recbole_fork.settings import RunSettings
 
     data_path = write_atomic_dataset(tmp_path / "data", "amazon-100K", item_text=True)
     counts, data = {}, None
@@ -140,15 +145,16 @@ def test_study_architectures_have_the_study_non_embedding_parameter_counts(
         sizes |= {"text_embedding_size": width, "n_heads": 1, "data_path": str(data_path)}
         sizes["num_negatives"] = 5  # fits the tiny catalog; no parameters
         config = build_config(PRETRAIN["amazon-100K.yaml"], sizes)
+        settings = RunSettings.from_config(config)
         if data is None:  # the sizes do not change the data
-            data = build_seq_data(config)
-        model = get_model_class("SASRecX")(config, data.dataset, item_counts=data.item_counts)
+            data = build_seq_data(config, settings.data)
+        model = build_model(settings.spec, data)
         counts[(layers, width)] = count_parameters(model).non_embedding
     assert counts == STUDY_NON_EMBEDDING
 
 
-def test_grid_files_expand_to_the_study_grid() -> None:
-    trials = [t for path in GRID for t in expand_trials(load_sweep(path))]
+def test_grid_file_expands_to_the_study_grid() -> None:
+    trials = expand_trials(load_sweep(GRID))
     assert len(trials) == 120
     names = [t.run_name for t in trials]
     assert len(set(names)) == 120
@@ -163,9 +169,9 @@ def test_grid_files_expand_to_the_study_grid() -> None:
         for dataset in DATASETS
         for negatives in (100, 300)
     }
-    assert names[0] == "sasrecx-d32-l1-text-neg100-amazon-100K-s2020"
-    assert "sasrecx-d256-l24-text-neg300-amazon-10M-s2020" in names
-    assert "sasrecx-d128-l4-text-neg100-amazon-5M-s2020" in names
+    assert names[0] == "sasrec-d32-l1-h1-text-neg100-amazon-100K-s2020"
+    assert "sasrec-d256-l24-h4-text-neg300-amazon-10M-s2020" in names
+    assert "sasrec-d128-l4-h2-text-neg100-amazon-5M-s2020" in names
     for t in trials:
         o = t.overrides
         assert o["inner_size"] == o["text_embedding_size"] == o["hidden_size"]
