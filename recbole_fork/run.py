@@ -156,7 +156,6 @@ def _train_stock(
     from recbole_fork.models import get_model_class
     from recbole_fork.params import count_parameters
     from recbole_fork.session import open_tracked_run
-    from recbole_fork.stock_trainer import StockTrainer
 
     with open_tracked_run(
         settings,
@@ -183,9 +182,7 @@ def _train_stock(
             }
         )
         logger.info(f"{config['model']}: {counts}")
-        trainer = StockTrainer(
-            config, model, checkpoint_path, tracker, scheduler=settings.training.scheduler
-        )
+        trainer = _stock_trainer(config, settings, model, dataset, checkpoint_path, tracker)
         if resume:
             if not Path(checkpoint_path).is_file():
                 raise CheckpointError(f"checkpoint {checkpoint_path} not found; nothing to resume")
@@ -204,3 +201,34 @@ def _train_stock(
         tracker.log_metrics({k: v for k, v in result.items()})
         tracker.log_dict(result, "final_metrics.json")
     return result
+
+
+def _stock_trainer(config, settings, model, dataset, checkpoint_path, tracker):
+    """The stock model's trainer: scored by the fork's evaluator (``stock_evaluator: fork``,
+    the default: same split, candidates and history exclusion as the fork's models) or by
+    RecBole's own; logs the protocol (``eval_protocol``, ``stock_evaluator``)."""
+    from recbole_fork.data.seq_data import DataSettings
+    from recbole_fork.evaluation import EvalSettings
+    from recbole_fork.stock_eval import ForkEvalStockTrainer, StockEvaluator, eval_protocol
+    from recbole_fork.stock_trainer import StockTrainer
+
+    evaluation = EvalSettings.from_mapping(config)
+    schedule = settings.training.scheduler
+    params = {"eval_protocol": eval_protocol(evaluation, evaluation.stock_evaluator)}
+    if evaluation.stock_evaluator == "recbole":
+        trainer = StockTrainer(config, model, checkpoint_path, tracker, scheduler=schedule)
+    else:
+        evaluator = StockEvaluator(
+            config,
+            dataset,
+            evaluation,
+            DataSettings.from_mapping(config),
+            seed=settings.seed,
+            device=config["device"],
+        )
+        params["eval_split_differs_users"] = evaluator.split_differs
+        trainer = ForkEvalStockTrainer(
+            config, model, checkpoint_path, tracker, scheduler=schedule, evaluator=evaluator
+        )
+    tracker.log_params(params)
+    return trainer

@@ -211,7 +211,8 @@ class SeqData:
     ) -> TrainLoader:
         """Shuffled training batches of one epoch (order fixed by ``(seed, epoch, rank)``).
 
-        Yields dicts ``item_seq``, ``time_seq``, ``target`` int64 [B, L] and ``user`` int64 [B].
+        Yields dicts ``item_seq``, ``time_seq``, ``target``, ``target_time`` int64 [B, L] and
+        ``user`` int64 [B] (``target_time``: the time of the item after each input position).
         """
         _check_batch_size(batch_size)
         _check_shard(rank, world_size)
