@@ -199,15 +199,24 @@ class ForkEvalStockTrainer(StockTrainer):
     def __init__(self, *args: Any, evaluator: StockEvaluator, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fork_evaluator = evaluator
+        self._cpu_mark = time.process_time()
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._cpu_mark = time.process_time()
+        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
 
     @torch.no_grad()
     def _valid_epoch(self, valid_data, show_progress=False):
+        """Valid metrics by the fork's evaluator; also logs ``valid_time_s`` (the
+        evaluation's wall seconds) and ``epoch_cpu_s`` (this process's CPU seconds of the
+        epoch's training and evaluation, every thread)."""
         start = time.perf_counter()
         result = self.fork_evaluator.evaluate(self.model, "valid")
         result.pop("count")
         seconds = time.perf_counter() - start
         metrics = {f"valid_{k}": v for k, v in result.items()}
-        self._log({**metrics, "valid_time_s": seconds}, self._epoch)
+        cpu = time.process_time() - self._cpu_mark
+        self._log({**metrics, "valid_time_s": seconds, "epoch_cpu_s": cpu}, self._epoch)
         return result[self.valid_metric], result
 
     @torch.no_grad()
