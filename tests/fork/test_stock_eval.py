@@ -53,16 +53,21 @@ def write_histories(root, histories=HISTORIES, name="hist"):
     return root
 
 
-def stock_config(data_path, dataset, **extra):
+# Tiny sizes of each stock model's own keys.
+SIZES = {
+    "SASRec": {"hidden_size": 8, "inner_size": 16, "n_layers": 1, "n_heads": 1},
+    "GRU4Rec": {"embedding_size": 8, "hidden_size": 8, "num_layers": 1},
+    "Caser": {"embedding_size": 8, "nv": 2, "nh": 2},
+}
+
+
+def stock_config(data_path, dataset, model="SASRec", **extra):
     return run_config(
         data_path,
-        model="SASRec",
+        model=model,
         dataset=dataset,
         loss_type="CE",
-        hidden_size=8,
-        inner_size=16,
-        n_layers=1,
-        n_heads=1,
+        **SIZES[model],
         max_seq_length=5,
         train_batch_size=16,
         eval_batch_size=3,
@@ -218,10 +223,10 @@ def test_score_ranks_agree_with_the_dot_product_ranks():
 
 
 def stock_model(config, dataset, train):
-    from recbole.model.sequential_recommender.sasrec import SASRec
+    from recbole.utils import get_model
 
     torch.manual_seed(3)
-    model = SASRec(config, train._dataset)
+    model = get_model(config["model"])(config, train._dataset)
     # A few steps so that the scores are not those of a fresh initialisation.
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     model.train()
@@ -251,9 +256,14 @@ def brute_force_metrics(model, loader, dataset, exclude_history: bool, k: int = 
     return ranking_metrics(torch.tensor(ranks), [k])
 
 
-@pytest.mark.parametrize("exclude_history", [True, False])
-def test_stock_model_through_the_evaluator_equals_a_brute_force(hist_data, exclude_history):
-    config = stock_config(hist_data, "hist")
+@pytest.mark.parametrize(
+    ("model", "exclude_history"),
+    [("SASRec", True), ("SASRec", False), ("GRU4Rec", True), ("Caser", True)],
+)
+def test_stock_model_through_the_evaluator_equals_a_brute_force(hist_data, model, exclude_history):
+    """Any stock sequential model the scripts accept: SASRec, GRU4Rec, and Caser, which
+    also reads the user id."""
+    config = stock_config(hist_data, "hist", model=model)
     dataset, train, valid, test = recbole_side(config)
     model = stock_model(config, dataset, train)
     evaluator = make_evaluator(config, dataset, exclude_history=exclude_history)
