@@ -235,6 +235,20 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
+def markdown(runs: dict[str, dict[str, Any]]) -> str:
+    """One mode's runs as a Markdown table for BENCHMARKS.md (mean ± std over the seeds)."""
+    head = "| run | config | seeds | test HR@10 | test NDCG@10 | valid NDCG@10 | best epoch | wall s | CPU s |"  # fmt: skip
+    lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, run in runs.items():
+        s = run["summary"]
+        lines.append(
+            f"| {name} | `{run['config']}` | {len(s['seeds'])} | {_pm(s['test_hr_at_10'])} | "
+            f"{_pm(s['test_ndcg_at_10'])} | {_pm(s['valid_ndcg_at_10'])} | "
+            f"{_pm(s['best_epoch'], 1)} | {_pm(s['wall_s'], 0)} | {_pm(s['cpu_s'], 0)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ml100k.py", description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=MODES, default="equal")
@@ -248,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK, help="MLflow, checkpoints")
     p.add_argument("--out", type=Path, default=RESULTS, help="results JSON (merged, atomic)")
+    p.add_argument(
+        "--report", action="store_true", help="train nothing: print the mode's Markdown table"
+    )
     args = p.parse_args(argv)
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
     unknown = [r for r in runs if r not in CONFIGS]
@@ -255,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown run(s) {unknown}; choose from {','.join(CONFIGS)}")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.report:
+        results = load_results(args.out).get(args.mode, {})
+        print(markdown({n: results[n] for n in CONFIGS if n in results and n in runs}))
+        return 0
     args.work_dir.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     overrides = mode_overrides(args.mode, args.epochs, args.max_epochs, args.patience)

@@ -385,6 +385,35 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
+def markdown(results: dict[str, dict[str, Any]]) -> str:
+    """The seeded runs as a Markdown table for BENCHMARKS.md."""
+    lines = [
+        "| run | seeds | test HR@10 | test NDCG@10 | valid NDCG@10 | published HR / NDCG | verdict HR / NDCG | epochs (best) |",  # fmt: skip
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for key, entry in results.items():
+        if "runs" not in entry:
+            continue
+        summary, runs = entry["summary"], entry["runs"]
+        stats, published = summary["stats"], summary.get("published")
+        done = [r for _, r in sorted(runs.items()) if r.get("finished")]
+        epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in done) or "-"
+        lines.append(
+            f"| {key} | {','.join(map(str, summary['seeds'])) or '-'} | "
+            f"{_pm(stats['test_hr_at_10'])} | {_pm(stats['test_ndcg_at_10'])} | "
+            f"{_pm(stats['valid_ndcg_at_10'])} | "
+            + (
+                "{test_hr_at_10:.4f} / {test_ndcg_at_10:.4f}".format(**published)
+                if published
+                else "-"
+            )
+            + " | "
+            + (" / ".join(summary["verdict"].values()) if published else "-")
+            + f" | {epochs} |"
+        )
+    return "\n".join(lines)
+
+
 def _parse_runs(text: str) -> list[str]:
     runs = [r.strip() for r in text.split(",") if r.strip()]
     unknown = [r for r in runs if r not in RUNS]
@@ -413,7 +442,14 @@ def main(argv: list[str] | None = None) -> int:
         "--collect", action="store_true",
         help="train nothing: record the seeds still going (or killed) in WORK from MLflow",
     )  # fmt: skip
+    p.add_argument(
+        "--report", action="store_true",
+        help="train nothing: print every seeded run of the JSON as a Markdown table",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.report:
+        print(markdown(_load(args.out)))
+        return 0
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
     if any(o.split("=", 1)[0].strip() == "seed" for o in args.overrides):

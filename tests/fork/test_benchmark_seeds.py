@@ -118,6 +118,11 @@ def test_ml100k_runs_stock_and_fork_under_one_protocol_and_skips_recorded_seeds(
     capsys.readouterr()
     assert ml100k.main(argv) == 0  # a rerun trains nothing
     assert capsys.readouterr().out.count("recorded, skipped") == 2
+    assert ml100k.main([*argv, "--report"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| run | config | seeds | test HR@10") and len(table) == 4
+    ndcg = results["sasrec"]["runs"]["2020"]["test_ndcg_at_10"]
+    assert table[3].startswith("| sasrec |") and f"| {ndcg:.4f} |" in table[3]
 
 
 def test_ml100k_early_mode_stops_on_patience_with_a_constant_lr():
