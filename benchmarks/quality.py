@@ -1,27 +1,39 @@
-"""Model quality on the real Beauty 5-core benchmark (prints a table, writes JSON).
+"""Model quality on the real Beauty 5-core benchmark over seeds (prints a table, writes JSON).
 
 The standard Beauty 5-core set (22,363 users, 12,101 items, 198,502 interactions) is
 rebuilt from ``../shared/data/seqrec_reference`` through the project's own ETL
 (``etl.reference`` writes the 2014 raw files, then the ``build_beauty_and_sports_datasets``
 step writes ``amazon-beauty``) into a work folder. Each chosen run then trains one frozen
-config of ``confs/benchmarks/`` through ``recbole_fork.run.pre_train`` (leave-one-out, full
-ranking over every item, history excluded), tracked in MLflow in ``WORK/mlruns.sqlite``.
+config of ``confs/benchmarks/`` through ``recbole_fork.run.pre_train`` once per seed
+(leave-one-out, full ranking over every item, history excluded), tracked in MLflow in
+``WORK/mlruns.sqlite``.
 
-Per run, ``benchmarks/results/quality.json`` gets (merged with the runs already there):
-HR@10 / NDCG@10 on test at the best valid epoch, the best valid NDCG@10, epochs run, best
-epoch, wall time, training seconds per epoch (mean ``epoch_time_s``) and wall seconds per
-epoch (training + the train/valid/test evaluations), the overrides used, the date and the
-command. Published targets (REFERENCE.md section 4, eSASRec benchmark) are printed beside.
+A run is the config plus the ``--set`` overrides (its key in the JSON, e.g.
+``hstu-id+hstu_time_bias=own``). ``--seeds N`` trains seeds ``seed, seed + 1, ...`` of the
+config's ``seed`` (2020). Per seed, ``benchmarks/results/quality.json`` gets HR@10 / NDCG@10
+on test at the best valid epoch, the best valid NDCG@10, epochs run, best epoch, wall and
+CPU seconds, training seconds per epoch, the load average and the date; per run, the mean,
+std (n - 1) and standard error of each metric over the finished seeds and the comparison
+with the published figure (REFERENCE.md section 4, eSASRec benchmark):
+
+* ``exceeds``: mean - 1 s.e. is above the published figure;
+* ``matches``: the published figure is within one s.e. of the mean;
+* ``below``: otherwise (mean + 1 s.e. under it);
+* ``n/a``: fewer than 2 seeds (no standard error).
+
+Resumable: a seed already in the JSON is skipped; a seed whose process was killed resumes
+from its checkpoint (``WORK/checkpoints/<run>-s<seed>.pth``) in the same MLflow run.
 
 The benchmark has no 2018 catalog, so the ETL's SentencePiece model is trained on the
 Beauty items' own brand and category text (see ``_write_catalog_for_sentencepiece``).
 
 Full benchmark (hours on 2 CPU cores; run at low priority):
-    nice -n 19 python benchmarks/quality.py --runs sasrec-id
+    nice -n 19 python benchmarks/quality.py --runs sasrec-id --seeds 3 --threads 1
+    nice -n 19 python benchmarks/quality.py --runs hstu-id --set hstu_time_bias=own --seeds 3
 A check that every config runs (2 epochs each, results kept apart):
     nice -n 19 python benchmarks/quality.py --set epochs=2 --out /tmp/quality-check.json
-Record a run that is still going, or was killed, from its per-epoch MLflow metrics:
-    python benchmarks/quality.py --runs sasrec-id --collect
+Record the seeds still going (or killed) from their per-epoch MLflow metrics:
+    python benchmarks/quality.py --runs sasrec-id --seeds 3 --collect
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import shlex
 import sys
@@ -200,13 +213,31 @@ def summarise(checkpoint: Path, uri: str) -> dict[str, Any]:
     }
 
 
+def run_key(name: str, overrides: list[str]) -> str:
+    """The run's key in the JSON: the config name plus its overrides (``seed`` excluded)."""
+    return "+".join([name, *overrides])
+
+
+def _checkpoint(work_dir: Path, key: str, seed: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in key)
+    return work_dir / "checkpoints" / f"beauty-{safe}-s{seed}.pth"
+
+
 def run_one(
-    name: str, data_path: Path, work_dir: Path, overrides: list[str], threads: int
+    name: str,
+    data_path: Path,
+    work_dir: Path,
+    overrides: list[str],
+    threads: int,
+    seed: int,
 ) -> dict[str, Any]:
-    """Train the run ``name`` (``confs/benchmarks/beauty-<name>.yaml``) and summarise it.
+    """Train one seed of the run ``name`` (``confs/benchmarks/beauty-<name>.yaml``).
+
+    A checkpoint of the same run and seed left by a killed process is resumed (same
+    MLflow run); ``wall_s`` / ``cpu_s`` are then this process's share (``resumed``).
 
     Returns:
-        The run's entry of ``quality.json`` (metrics as fractions, times in seconds).
+        The seed's entry (metrics as fractions, times in seconds).
     """
     import torch
 
@@ -215,14 +246,16 @@ def run_one(
 
     torch.set_num_threads(threads)
     conf = CONFS / f"beauty-{name}.yaml"
-    config = build_config(conf, [*overrides, f"data_path={data_path}"])
-    checkpoint = work_dir / "checkpoints" / f"beauty-{name}.pth"
-    if checkpoint.exists():
-        checkpoint.unlink()  # a fresh run each time; --resume is the CLI's business
+    # No progress bars in a benchmark's log (not part of the run's key: it changes nothing).
+    settings = ["show_progress=false", *overrides, f"seed={seed}", f"data_path={data_path}"]
+    config = build_config(conf, settings)
+    checkpoint = _checkpoint(work_dir, run_key(name, overrides), seed)
+    resume = checkpoint.is_file()
     uri = f"sqlite:///{work_dir / 'mlruns.sqlite'}"
-    start = time.perf_counter()
-    result = pre_train(config, checkpoint, tracking_uri=uri, config_file=conf)
-    wall = time.perf_counter() - start
+    load_start = os.getloadavg()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = pre_train(config, checkpoint, resume=resume, tracking_uri=uri, config_file=conf)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     entry = summarise(checkpoint, uri)
     # The final figures of the run itself (best weights reloaded, test scored once more).
     entry.update(
@@ -231,31 +264,36 @@ def run_one(
         best_epoch=int(result["best_epoch"]),
     )
     return {
-        "config": str(conf.relative_to(REPO)),
-        "overrides": list(overrides),
         **entry,
+        "seed": seed,
         "finished": True,
+        "resumed": resume,
         "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
         "wall_s_per_epoch": round(wall / entry["epochs"], 2),
         "threads": threads,
+        "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "date": _now(),
     }
 
 
-def collect_unfinished(name: str, work_dir: Path) -> dict[str, Any]:
-    """The entry of a run still going (or killed), from the MLflow run of its checkpoint.
+def collect_unfinished(name: str, work_dir: Path, overrides: list[str], seed: int) -> dict:
+    """The entry of a seed still going (or killed), from the MLflow run of its checkpoint.
 
     Raises:
-        BenchmarkError: no checkpoint of ``name`` in ``work_dir`` (nothing finished an epoch).
+        BenchmarkError: no checkpoint of that run and seed (nothing finished an epoch).
     """
-    checkpoint = work_dir / "checkpoints" / f"beauty-{name}.pth"
+    checkpoint = _checkpoint(work_dir, run_key(name, overrides), seed)
     if not checkpoint.is_file():
-        raise BenchmarkError(f"{checkpoint} not found: run {name} has not finished an epoch")
+        raise BenchmarkError(
+            f"{checkpoint} not found: seed {seed} of {run_key(name, overrides)} has not "
+            "finished an epoch"
+        )
     uri = f"sqlite:///{work_dir / 'mlruns.sqlite'}"
     entry = summarise(checkpoint, uri)
     return {
-        "config": str((CONFS / f"beauty-{name}.yaml").relative_to(REPO)),
         **entry,
+        "seed": seed,
         "finished": entry["mlflow_status"] == "FINISHED",
         "wall_s": None,  # not known from MLflow; see the run's log
         "wall_s_per_epoch": None,
@@ -263,36 +301,120 @@ def collect_unfinished(name: str, work_dir: Path) -> dict[str, Any]:
     }
 
 
+SUMMARY_METRICS = ("test_hr_at_10", "test_ndcg_at_10", "valid_ndcg_at_10")
+
+
+def seed_stats(values: list[float]) -> dict[str, float | int | None]:
+    """Mean, sample std (n - 1), standard error std / sqrt(n) and n of one metric's seeds.
+
+    std and se are None for fewer than 2 values.
+    """
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "se": None, "n": 0}
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "std": None, "se": None, "n": n}
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return {"mean": mean, "std": std, "se": std / math.sqrt(n), "n": n}
+
+
+def verdict(stats: dict[str, Any], published: float) -> str:
+    """``exceeds`` if mean - se > published, ``matches`` if |mean - published| <= se,
+    ``below`` otherwise; ``n/a`` without a standard error (fewer than 2 seeds)."""
+    if stats.get("se") is None:
+        return "n/a"
+    mean, se = stats["mean"], stats["se"]
+    if mean - se > published:
+        return "exceeds"
+    if mean + se >= published:
+        return "matches"
+    return "below"
+
+
+def summarise_seeds(name: str, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per metric, the statistics over the finished seeds, and the verdicts against the
+    published HR@10 / NDCG@10 of the config ``name`` (none for runs without one)."""
+    done = [r for _, r in sorted(runs.items()) if r.get("finished")]
+    out: dict[str, Any] = {
+        "seeds": sorted(int(r["seed"]) for r in done),
+        "stats": {m: seed_stats([float(r[m]) for r in done]) for m in SUMMARY_METRICS},
+    }
+    target = TARGETS.get(name)
+    if target is not None:
+        out["published"] = {"test_hr_at_10": target[0], "test_ndcg_at_10": target[1]}
+        out["verdict"] = {
+            m: verdict(out["stats"][m], out["published"][m]) for m in out["published"]
+        }
+    return out
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _pm(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "-"
+    if stats["std"] is None:
+        return f"{stats['mean']:.4f}"
+    return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """The runs beside the published targets, as fixed-width text."""
-    rows = [("run", "HR@10", "NDCG@10", "target", "met", "epochs", "best", "train s/ep", "wall s")]
-    for name, r in results.items():
-        target = TARGETS.get(name)
-        met = ""
-        if target is not None:
-            hit = r["test_hr_at_10"] >= target[0] and r["test_ndcg_at_10"] >= target[1]
-            met = "yes" if hit else "no"
-            # A run cut short is not a result: say so rather than "no".
-            met = met if r.get("finished", True) else f"{met} (unfinished)"
+    """The runs (mean ± std over seeds) beside the published targets, as fixed-width text."""
+    rows = [("run", "seeds", "test HR@10", "test NDCG@10", "valid NDCG@10", "published", "verdict")]
+    for key, entry in results.items():
+        if "runs" not in entry:  # an entry of the single-seed format before --seeds
+            continue
+        summary = entry["summary"]
+        stats = summary["stats"]
+        published = summary.get("published")
+        verdicts = summary.get("verdict")
         rows.append(
             (
-                name,
-                f"{r['test_hr_at_10']:.4f}",
-                f"{r['test_ndcg_at_10']:.4f}",
-                f"{target[0]:.4f} / {target[1]:.4f}" if target else "-",
-                met or "-",
-                str(r["epochs"]),
-                str(r["best_epoch"]),
-                f"{r['train_s_per_epoch']:.1f}",
-                "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}",
+                key,
+                ",".join(map(str, summary["seeds"])) or "-",
+                _pm(stats["test_hr_at_10"]),
+                _pm(stats["test_ndcg_at_10"]),
+                _pm(stats["valid_ndcg_at_10"]),
+                "{test_hr_at_10:.4f} / {test_ndcg_at_10:.4f}".format(**published)
+                if published
+                else "-",
+                " / ".join(verdicts.values()) if verdicts else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def markdown(results: dict[str, dict[str, Any]]) -> str:
+    """The seeded runs as a Markdown table for BENCHMARKS.md."""
+    lines = [
+        "| run | seeds | test HR@10 | test NDCG@10 | valid NDCG@10 | published HR / NDCG | verdict HR / NDCG | epochs (best) |",  # fmt: skip
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for key, entry in results.items():
+        if "runs" not in entry:
+            continue
+        summary, runs = entry["summary"], entry["runs"]
+        stats, published = summary["stats"], summary.get("published")
+        done = [r for _, r in sorted(runs.items()) if r.get("finished")]
+        epochs = ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in done) or "-"
+        lines.append(
+            f"| {key} | {','.join(map(str, summary['seeds'])) or '-'} | "
+            f"{_pm(stats['test_hr_at_10'])} | {_pm(stats['test_ndcg_at_10'])} | "
+            f"{_pm(stats['valid_ndcg_at_10'])} | "
+            + (
+                "{test_hr_at_10:.4f} / {test_ndcg_at_10:.4f}".format(**published)
+                if published
+                else "-"
+            )
+            + " | "
+            + (" / ".join(summary["verdict"].values()) if published else "-")
+            + f" | {epochs} |"
+        )
+    return "\n".join(lines)
 
 
 def _parse_runs(text: str) -> list[str]:
@@ -314,33 +436,86 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config key of every run (e.g. epochs=2 for a check); repeatable",
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument(
+        "--seeds", type=int, default=1,
+        help="seeds per run: the config's seed, seed + 1, ... (finished seeds are skipped)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS, help="results JSON (merged, atomic)")
     p.add_argument(
         "--collect", action="store_true",
-        help="train nothing: record the runs still going (or killed) in WORK from MLflow",
+        help="train nothing: record the seeds still going (or killed) in WORK from MLflow",
+    )  # fmt: skip
+    p.add_argument(
+        "--report", action="store_true",
+        help="train nothing: print every seeded run of the JSON as a Markdown table",
     )  # fmt: skip
     args = p.parse_args(argv)
+    if args.report:
+        print(markdown(_load(args.out)))
+        return 0
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    if any(o.split("=", 1)[0].strip() == "seed" for o in args.overrides):
+        p.error("set the seeds with --seeds, not --set seed=...")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    keys = []
     try:
         data_path = None if args.collect else build_beauty(args.shared_data, args.work_dir)
         for name in args.runs:
-            if args.collect:
-                entry = collect_unfinished(name, args.work_dir)
-            else:
-                entry = run_one(name, data_path, args.work_dir, args.overrides, args.threads)
-            entry["command"] = command
-            # Re-read before merging: another benchmark process may have written its runs
-            # meanwhile. Written after every run, so a long benchmark keeps what it finished.
-            results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-            results[name] = entry
-            _atomic_write_text(args.out, json.dumps(results, indent=2, sort_keys=True) + "\n")
-            print(table({name: entry}), flush=True)
+            key = run_key(name, args.overrides)
+            keys.append(key)
+            first_seed = _config_seed(name)
+            for seed in range(first_seed, first_seed + args.seeds):
+                done = _load(args.out).get(key, {}).get("runs", {}).get(str(seed))
+                if done and done.get("finished"):
+                    print(f"{key} seed {seed}: recorded, skipped", flush=True)
+                    continue
+                if args.collect:
+                    try:
+                        entry = collect_unfinished(name, args.work_dir, args.overrides, seed)
+                    except BenchmarkError as e:
+                        print(f"skipped: {e}", file=sys.stderr)
+                        continue
+                else:
+                    entry = run_one(
+                        name, data_path, args.work_dir, args.overrides, args.threads, seed
+                    )
+                entry["command"] = command
+                _record(args.out, name, key, args.overrides, entry)
+                print(table({key: _load(args.out)[key]}), flush=True)
     except BenchmarkError as e:
         print(f"skipped: {e}", file=sys.stderr)
         return 2
-    print(table({n: results[n] for n in RUNS if n in results}))
+    results = _load(args.out)
+    print(table({k: results[k] for k in keys if k in results}))
     return 0
+
+
+def _config_seed(name: str) -> int:
+    from recbole_fork.config import load_config_file
+
+    return int(load_config_file(CONFS / f"beauty-{name}.yaml").get("seed", 2020))
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _record(out: Path, name: str, key: str, overrides: list[str], entry: dict) -> None:
+    """Merge one seed's entry into the JSON and recompute the run's summary (atomic).
+
+    Re-read before merging: another benchmark process may have written its runs
+    meanwhile. Written after every seed, so a long benchmark keeps what it finished.
+    """
+    results = _load(out)
+    run = results.get(key)
+    if run is None or "runs" not in run:  # new, or the single-seed format before --seeds
+        run = {"runs": {}}
+    run.update(config=str((CONFS / f"beauty-{name}.yaml").relative_to(REPO)), overrides=overrides)
+    run["runs"][str(entry["seed"])] = entry
+    run["summary"] = summarise_seeds(name, run["runs"])
+    results[key] = run
+    _atomic_write_text(out, json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

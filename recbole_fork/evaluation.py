@@ -1,7 +1,12 @@
 """Ranking evaluation over large catalogs: chunked full ranking and sampled ranking.
 
-The protocol is the published one (REFERENCE sections 2 and 4): leave-one-out, the held-out
-target ranked against every real item, the user's history excluded from the ranking. A score
+The protocol is the published one (REFERENCE sections 2, 4 and 6.2): leave-one-out, the
+held-out target ranked against every real item, the user's history excluded from the ranking
+(``exclude_history: true``, as the eSASRec benchmark's ``filter_viewed`` and HSTU's figures
+do). RecBole 1.2.1's sequential full-sort evaluation does NOT exclude history (it passes
+``history_index=None`` for sequential models and masks only the padding column):
+``exclude_history: false`` is its protocol. A stock RecBole model is scored by the same
+rules through ``score_ranks`` (``recbole_fork.stock_eval``, ``stock_evaluator: fork``). A score
 matrix of users x items never exists at once: item embeddings are computed one chunk of ids
 at a time (``item_fn`` may be a text encoder) and scored against one chunk of users at a
 time, so memory is bounded by ``item_chunk x user_chunk`` scores whatever the catalog size.
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recbole_fork.settings import ConfigError, Settings, check_range
+from recbole_fork.settings import ConfigError, Settings, check_choice, check_range
 
 __all__ = [
     "EvalSettings",
@@ -39,6 +44,7 @@ __all__ = [
     "parse_eval_mode",
     "ranking_metrics",
     "sample_candidates",
+    "score_ranks",
     "target_ranks",
     "topk_items",
 ]
@@ -48,6 +54,7 @@ ItemFn = Callable[[torch.Tensor], torch.Tensor]
 Items = ItemFn | torch.Tensor
 
 VALID_EVAL_MODES = ("full", "sampled:N")
+STOCK_EVALUATORS = ("fork", "recbole")
 _SAMPLED_MODE = re.compile(r"sampled:([1-9][0-9]*)")
 
 
@@ -86,6 +93,7 @@ class EvalSettings(Settings):
 
     eval_mode: str  # full | sampled:N
     exclude_history: bool  # remove the user's earlier items from the ranking
+    stock_evaluator: str  # fork | recbole: who scores a stock RecBole model
     eval_item_chunk: int
     eval_user_chunk: int
     topk: tuple[int, ...]
@@ -93,6 +101,7 @@ class EvalSettings(Settings):
     valid_metric: str  # e.g. NDCG@10 (case-insensitive); must be one of metric_names()
 
     def __post_init__(self) -> None:
+        check_choice("stock_evaluator", self.stock_evaluator, STOCK_EVALUATORS)
         try:
             parse_eval_mode(self.eval_mode)
         except ValueError as e:
@@ -181,10 +190,11 @@ def evaluate_ranking(
       This is the study's "sampled10000" figure: it is NOT comparable with full ranking
       (ranks are much smaller).
 
-    In both modes the user's history (``hist_*``) is removed from the candidates, as RecBole's
-    full-sort evaluation and the published HSTU / eSASRec figures do. The target itself is
-    never removed: if it also appears in the history (a repeat; never on de-duplicated Amazon
-    data) it is still ranked, where RecBole would mask it to minus infinity.
+    In both modes the user's history (``hist_*``) is removed from the candidates when given,
+    as the published HSTU / eSASRec figures do (RecBole's sequential full-sort evaluation
+    does not: pass no history for its protocol). The target itself is never removed: if it
+    also appears in the history (a repeat; never on de-duplicated Amazon data) it is still
+    ranked, where RecBole's non-sequential history masking would mask it to minus infinity.
 
     ``item_fn`` is called once per chunk of at most ``item_chunk`` candidate ids (ascending,
     never containing 0), plus once per ``item_chunk`` targets for the targets' own
@@ -316,6 +326,64 @@ def target_ranks(
             # Exact: sums of 0/1 in float32 stay exact below 2**24 (item_chunk is capped).
             counts[u0:u1] += n_cand - below.sum(dim=1).to(torch.int64)
     return counts
+
+
+@torch.no_grad()
+def score_ranks(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    mode: str = "full",
+    hist_indptr: torch.Tensor | None = None,
+    hist_items: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """0-based target ranks from a score matrix over the whole catalog (a model that scores
+    every item itself, such as RecBole's ``full_sort_predict``).
+
+    The candidates are ``target_ranks``' (every real item, or the ``sampled:N`` draw from
+    ``generator``; the history removed when given; the target never compared with itself)
+    and a candidate counts against the target when it does not score below it: ties and
+    NaN scores count against the target, a NaN target ranks last. The scores come from one
+    matrix, so ties are exact equality here (``target_ranks`` widens them by the rounding
+    of a dot product it computes itself).
+
+    Args:
+        scores: float [U, n_items], column = item id (column 0, padding, is never ranked).
+        targets: int64 [U], each in ``1 .. n_items-1``.
+        mode: ``"full"`` or ``"sampled:N"``.
+        hist_indptr, hist_items: CSR of the items to exclude per user, as in
+            ``evaluate_ranking``.
+        generator: random source of the sampled mode.
+
+    Returns:
+        int64 [U] on ``scores``' device.
+
+    Raises:
+        ValueError: on a malformed mode, shape or id.
+    """
+    kind, n_sampled = parse_eval_mode(mode)
+    n_users, n_items = _check_user_vecs(scores)
+    if n_items < 2:
+        raise ValueError(
+            f"scores must cover n_items >= 2 columns (padding 0 included), got {n_items}"
+        )
+    device = scores.device
+    targets = _check_targets(targets, n_users, n_items, device)
+    hist = _check_history(hist_indptr, hist_items, n_users, n_items, device)
+    candidate = torch.zeros(n_items, dtype=torch.bool, device=device)  # [n_items]
+    sampled = _candidates(kind, n_sampled, n_items, generator, device)
+    if sampled is None:
+        candidate[1:] = True
+    else:
+        candidate[sampled] = True
+    keep = candidate.expand(n_users, n_items).clone()  # [U, n_items]
+    rows, items = _history_pairs(hist, 0, n_users, device)
+    keep[rows, items] = False
+    users = torch.arange(n_users, device=device)
+    keep[users, targets] = False
+    own = scores[users, targets].unsqueeze(1)  # [U, 1]
+    # `<` (not `>=`) so that NaN scores, and every score against a NaN target, count.
+    return (keep & ~(scores < own)).sum(dim=1)
 
 
 @torch.no_grad()

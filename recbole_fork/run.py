@@ -128,7 +128,6 @@ def _train_stock(
 
     from recbole_fork.models import get_model_class
     from recbole_fork.params import count_parameters
-    from recbole_fork.stock_trainer import StockTrainer
 
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
@@ -147,9 +146,7 @@ def _train_stock(
         }
     )
     logger.info(f"{config['model']}: {counts}")
-    trainer = StockTrainer(
-        config, model, checkpoint_path, tracker, scheduler=settings.training.scheduler
-    )
+    trainer = _stock_trainer(config, settings, model, dataset, checkpoint_path, tracker)
     if resume:
         if not Path(checkpoint_path).is_file():
             raise CheckpointError(f"checkpoint {checkpoint_path} not found; nothing to resume")
@@ -167,3 +164,39 @@ def _train_stock(
     result.update(counts.as_dict())
     tracker.log_metrics({k: v for k, v in result.items()})
     return result
+
+
+def _stock_trainer(config, settings, model, dataset, checkpoint_path, tracker):
+    """The stock model's trainer: scored by the fork's evaluator (``stock_evaluator: fork``,
+    the default: same split, candidates and history exclusion as the fork's models) or by
+    RecBole's own; logs the protocol (``eval_protocol``, ``stock_evaluator``)."""
+    from recbole_fork.settings import ConfigError
+    from recbole_fork.stock_eval import ForkEvalStockTrainer, StockEvaluator, eval_protocol
+    from recbole_fork.stock_trainer import StockTrainer
+
+    evaluation = settings.evaluation
+    if settings.data.split.type != "leave_one_out":
+        # RecBole trains its stock models on its own leave-one-out split (eval_args).
+        raise ConfigError(
+            f"split type {settings.data.split.type!r} applies to the fork's models; "
+            f"{settings.model} trains on RecBole's leave-one-out split"
+        )
+    schedule = settings.training.scheduler
+    params = {"eval_protocol": eval_protocol(evaluation, evaluation.stock_evaluator)}
+    if evaluation.stock_evaluator == "recbole":
+        trainer = StockTrainer(config, model, checkpoint_path, tracker, scheduler=schedule)
+    else:
+        evaluator = StockEvaluator(
+            config,
+            dataset,
+            evaluation,
+            settings.data,
+            seed=settings.seed,
+            device=config["device"],
+        )
+        params["eval_split_differs_users"] = evaluator.split_differs
+        trainer = ForkEvalStockTrainer(
+            config, model, checkpoint_path, tracker, scheduler=schedule, evaluator=evaluator
+        )
+    tracker.log_params(params)
+    return trainer

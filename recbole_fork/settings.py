@@ -244,8 +244,9 @@ class ModelSpec:
 class RunSettings:
     """The whole run, read once: identity, tracking, and one slice per part.
 
-    ``spec`` (model building), ``finetune`` and the data slice are None for RecBole's stock
-    models, which read RecBole's ``Config`` themselves. ``resolved`` is the resolved config
+    ``spec`` (model building) and ``finetune`` are None for RecBole's stock models, which
+    read RecBole's ``Config`` themselves (the fork's evaluator scores them with the
+    ``evaluation`` and ``data`` slices). ``resolved`` is the resolved config
     as plain data (MLflow params, the checkpoint's ``config``).
     """
 
@@ -257,8 +258,8 @@ class RunSettings:
     experiment: str | None
     run_name: str | None
     training: TrainingSettings
-    evaluation: EvalSettings | None
-    data: DataSettings | None
+    evaluation: EvalSettings
+    data: DataSettings
     spec: ModelSpec | None
     finetune: FineTuneSettings | None
     resolved: Mapping[str, Any] = dataclasses.field(compare=False, repr=False)
@@ -306,8 +307,8 @@ class RunSettings:
             experiment=coerce("experiment", config["experiment"], str | None, where),
             run_name=coerce("run_name", config["run_name"], str | None, where),
             training=TrainingSettings.from_mapping(config, where),
-            evaluation=EvalSettings.from_mapping(config, where) if fork else None,
-            data=DataSettings.from_mapping(config, where) if fork else None,
+            evaluation=EvalSettings.from_mapping(config, where),
+            data=DataSettings.from_mapping(config, where),
             spec=spec,
             finetune=FineTuneSettings.from_mapping(config, where) if fork else None,
             resolved=resolved,

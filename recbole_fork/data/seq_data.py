@@ -5,10 +5,12 @@ Split (``recbole_fork/data/split.py``, the ``split`` settings): leave-one-out by
 ``n >= 3`` interactions in time order, item ``n - 2`` is the valid target, item ``n - 1``
 the test target, and items ``0 .. n - 3`` are training data. A user with fewer than 3
 interactions has nothing to hold out: all of their items are training data and they are
-never evaluated (counted in ``n_short_users``). RecBole would instead make the second item
-of a 2-interaction user a test target without a valid one; we keep valid and test on the
-same users so the two are comparable. Or a global temporal split (``split: {type: time,
-valid_cut, test_cut}``): see ``split.py``.
+never evaluated (counted in ``n_short_users``). RecBole's split agrees for every user
+with at least 4 interactions and for those with 1 or 2; a user with exactly 3 gets no
+valid row there (RecBole trains on ``<i0> -> i1`` and tests ``<i0, i1> -> i2``), where we
+keep valid and test on the same users so the two are comparable
+(``recbole_fork/stock_eval.py``, tested in ``tests/fork/test_stock_eval.py``). Or a global
+temporal split (``split: {type: time, valid_cut, test_cut}``): see ``split.py``.
 
 Loaders yield the dict batches of DESIGN.md ("Item ids and batches"). Nothing is stored per
 sample: a sample is an index into the cumulative per-user sample counts (see ``windows``).
@@ -231,7 +233,8 @@ class SeqData:
     ) -> TrainLoader:
         """Shuffled training batches of one epoch (order fixed by ``(seed, epoch, rank)``).
 
-        Yields dicts ``item_seq``, ``time_seq``, ``target`` int64 [B, L] and ``user`` int64 [B].
+        Yields dicts ``item_seq``, ``time_seq``, ``target``, ``target_time`` int64 [B, L] and
+        ``user`` int64 [B] (``target_time``: the time of the item after each input position).
         """
         _check_batch_size(batch_size)
         _check_shard(rank, world_size)

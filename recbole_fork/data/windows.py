@@ -90,7 +90,9 @@ def gather_windows(
         last_only: True puts a target only at the last real position (last_position mode).
 
     Returns:
-        ``item_seq``, ``time_seq``, ``target``: int64 [B, L], 0 at padding / no target.
+        ``item_seq``, ``time_seq``, ``target``, ``target_time``: int64 [B, L], 0 at padding /
+        no target. ``target_time`` is the time of the item after each input position (the
+        target's time where there is one; HSTU's time bias reads it), at every real position.
     """
     pos = np.arange(max_len, dtype=np.int64)  # [L]
     n_in = length - 1  # [B]
@@ -103,7 +105,13 @@ def gather_windows(
     else:
         tgt_mask = real
     target = np.where(tgt_mask, items[np.where(tgt_mask, idx + 1, 0)], 0)
-    return {"item_seq": item_seq, "time_seq": time_seq, "target": target}
+    target_time = np.where(real, times[np.where(real, idx + 1, 0)], 0)
+    return {
+        "item_seq": item_seq,
+        "time_seq": time_seq,
+        "target": target,
+        "target_time": target_time,
+    }
 
 
 def gather_eval(

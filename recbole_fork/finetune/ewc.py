@@ -31,6 +31,9 @@ def estimate_fisher(
     of the batch's mean loss. This is the batch-level estimate: cheaper than per-example
     gradients by a factor of the batch size, and smaller by about that factor, which
     ``ewc_lambda`` absorbs. Dropout is off (``eval()``) so the estimate is deterministic.
+    A bucketed batch's ``loss_scale`` (its share of the epoch's positions, which weights an
+    epoch's training loss) is left out: it would weight each batch's squared gradient by
+    the square of that share, so the Fisher would depend on how batches were bucketed.
 
     Returns:
         parameter name -> float32 tensor of the parameter's shape.
@@ -50,7 +53,7 @@ def estimate_fisher(
     for raw in data.train_loader(batch_size, 0):
         if used >= n_batches:
             break
-        batch = {k: torch.as_tensor(v).to(device) for k, v in raw.items()}
+        batch = {k: torch.as_tensor(v).to(device) for k, v in raw.items() if k != "loss_scale"}
         model.zero_grad(set_to_none=True)
         model.training_loss(batch, gen).backward()
         for name, p in params.items():

@@ -175,6 +175,24 @@ def _retarget_text_encoder(
     return TextItemEncoder(remapped, {f: vocab[f] for f in enc.fields}, emb_size, hidden)
 
 
+def _check_text_fields(model: nn.Module, ckpt: dict[str, Any], where: str) -> None:
+    """The text fields must be the checkpoint's, in its order: the adapter's input columns
+    are the fields' embeddings concatenated in that order, so another order would load
+    them permuted without any shape telling."""
+    encoders = text_encoders(model)
+    if not encoders:
+        return
+    theirs = (ckpt.get("config") or {}).get("text_fields")
+    if not theirs:
+        return  # a checkpoint without a text encoder: the vocabulary check names it
+    ours = list(next(iter(encoders.values())).fields)
+    if list(theirs) != ours:
+        raise TransferError(
+            f"text_fields {ours} differ from checkpoint {where}'s {list(theirs)}: the adapter "
+            "reads the fields in the checkpoint's order; set text_fields to exactly that list"
+        )
+
+
 def _check_shapes(
     model: nn.Module, state: dict[str, torch.Tensor], skip: set[str], where: str, desc: str
 ) -> None:
@@ -219,12 +237,14 @@ def transfer_weights(
         The ``TransferReport`` (counts of unseen pieces, which weights were loaded).
 
     Raises:
-        TransferError: missing text vocabulary or a parameter whose name or shape differs.
+        TransferError: text fields other than the checkpoint's (or in another order),
+            missing text vocabulary, or a parameter whose name or shape differs.
     """
     state: dict[str, torch.Tensor] = ckpt["model_state"]
     vocab: dict[str, list[str]] = ckpt.get("vocab") or {}
     desc = str(ckpt.get("model_description", "?"))
     report = TransferReport()
+    _check_text_fields(model, ckpt, where)
 
     device = next(model.parameters()).device
     new_text = {

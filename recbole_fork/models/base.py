@@ -111,17 +111,27 @@ class ForkSeqModel(SequentialRecommender):
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.normalize else x
 
-    def _contextualise(self, x: torch.Tensor, item_seq: torch.Tensor, time_seq) -> torch.Tensor:
+    def _time_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        """The backbone's keyword arguments beyond ``(x, mask)``: the batch's ``time_seq``
+        (HSTU adds the times of the predicted events)."""
+        return {"time_seq": batch.get("time_seq")}
+
+    def _contextualise(
+        self, x: torch.Tensor, item_seq: torch.Tensor, times: dict[str, torch.Tensor | None]
+    ) -> torch.Tensor:
         mask = item_seq > 0  # [B, L]
-        return self.backbone(x, mask, time_seq)  # [B, L, D]
+        return self.backbone(x, mask, **times)  # [B, L, D]
 
     def encode(self, item_seq: torch.Tensor, time_seq: torch.Tensor | None = None) -> torch.Tensor:
         """Sequence states: item_seq int64 [B, L] (0 = padding) -> float [B, L, D].
 
         The state at t summarises items ``<= t`` (causal); it is the user vector for
-        predicting the item at t + 1. Not normalised (see ``user_vectors``).
+        predicting the item at t + 1. Not normalised (see ``user_vectors``). A model whose
+        backbone needs more than the item times (HSTU with ``hstu_time_bias: next``) is
+        encoded from a whole batch by ``user_vectors`` instead.
         """
-        return self._contextualise(self.item_encoder(item_seq), item_seq, time_seq)
+        batch = {"item_seq": item_seq, "time_seq": time_seq}
+        return self._contextualise(self.item_encoder(item_seq), item_seq, self._time_inputs(batch))
 
     def item_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """Candidate embeddings of item ids (int64, any shape) -> ``[..., D]``.
@@ -132,7 +142,9 @@ class ForkSeqModel(SequentialRecommender):
 
     def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """User vectors of an evaluation batch: the state at position ``seq_len - 1`` -> [B, D]."""
-        states = self.encode(batch["item_seq"], batch.get("time_seq"))  # [B, L, D]
+        item_seq = batch["item_seq"]
+        x = self.item_encoder(item_seq)
+        states = self._contextualise(x, item_seq, self._time_inputs(batch))  # [B, L, D]
         last = (batch["seq_len"] - 1).clamp(min=0)
         return self._norm(self.gather_indexes(states, last))  # [B, D]
 
@@ -187,7 +199,8 @@ class ForkSeqModel(SequentialRecommender):
         """Mean loss over every position with ``target > 0`` of a training batch (DESIGN.md).
 
         Args:
-            batch: ``item_seq``, ``target`` int64 [B, L], optional ``time_seq`` and
+            batch: ``item_seq``, ``target`` int64 [B, L], optional ``time_seq``,
+                ``target_time`` (int64 [B, L], the time of each position's next item) and
                 ``loss_scale`` (float scalar: the mean loss is multiplied by it).
             generator: torch generator for negative sampling (owned by the trainer).
 
@@ -200,7 +213,7 @@ class ForkSeqModel(SequentialRecommender):
             raise ValueError("training batch has no target (every `target` is 0)")
         pos_ids = target[sel]  # [N]
         x, pos_emb, neg_ids, neg_emb, all_emb = self._embed_step(item_seq, pos_ids, generator)
-        states = self._contextualise(x, item_seq, batch.get("time_seq"))  # [B, L, D]
+        states = self._contextualise(x, item_seq, self._time_inputs(batch))  # [B, L, D]
         user = self._norm(states[sel])  # [N, D]
         loss = self._score(user, pos_ids, pos_emb, neg_ids, neg_emb, all_emb)
         if "loss_scale" in batch:  # bucketed batches: the batch's share of the epoch's positions
@@ -218,7 +231,7 @@ class ForkSeqModel(SequentialRecommender):
         """
         item_seq, target = batch["item_seq"], batch["target"]  # [B, L], [B]
         x, pos_emb, neg_ids, neg_emb, all_emb = self._embed_step(item_seq, target, generator)
-        states = self._contextualise(x, item_seq, batch.get("time_seq"))  # [B, L, D]
+        states = self._contextualise(x, item_seq, self._time_inputs(batch))  # [B, L, D]
         user = self._norm(self.gather_indexes(states, (batch["seq_len"] - 1).clamp(min=0)))
         loss = self._score(user, target, pos_emb, neg_ids, neg_emb, all_emb)
         self._record_step(item_seq, target.numel(), neg_ids)
@@ -300,8 +313,8 @@ class ForkSeqModel(SequentialRecommender):
         if self._recbole_generator is None:
             self._recbole_generator = torch.Generator(device=target.device).manual_seed(0)
         train_batch = {"item_seq": batch["item_seq"], "target": target}
-        if "time_seq" in batch:
-            train_batch["time_seq"] = batch["time_seq"]
+        # The times travel as in an evaluation batch: the target's time [B] at the last input.
+        train_batch.update({k: batch[k] for k in ("time_seq", "target_time") if k in batch})
         return self.training_loss(train_batch, self._recbole_generator)
 
     def predict(self, interaction) -> torch.Tensor:

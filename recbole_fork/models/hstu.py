@@ -8,7 +8,15 @@ The backbone follows REFERENCE.md section 2 layer by layer:
     x          = x + Linear_o(dropout(u * LayerNorm(A v)))
 
 `rab` is a relative attention bias, one per layer and shared by the heads: a learned
-term per position offset plus a learned term per log-scaled time-gap bucket.
+term per position offset plus a learned term per log-scaled time-gap bucket. The time gap
+of query i and key j is ``hstu_time_bias``'s choice (REFERENCE section 6.1):
+
+* ``next``: t_{i+1} - t_j, the time from each key to the event that position i predicts,
+  as the reference code buckets it (it writes the target's time after the sequence). A
+  training batch carries t_{i+1} as ``target_time`` [B, L]; an evaluation batch carries the
+  held-out item's time as ``target_time`` [B], and the earlier positions' next times are
+  the inputs' own. Nothing after the predicted event enters: only its time.
+* ``own``: t_i - t_j, the query item's own time (no time of the predicted event is used).
 
 The model class `HSTU` (item encoder + this backbone + loss) is at the end of the file.
 """
@@ -24,12 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_fork.models.base import ForkSeqModel
-from recbole_fork.settings import Settings, check_range
+from recbole_fork.settings import Settings, check_choice, check_range
 
 # Time-gap buckets: floor(ln(gap) / 0.301), clamped to 0..128 (the paper's public code);
 # 0.301 ~ log10(2), so a bucket spans a factor of exp(0.301) ~ 1.35 in the gap.
 TIME_BUCKET_DIVISOR = 0.301
 NUM_TIME_BUCKETS = 129
+# Query times of the time bias: the predicted event's (the reference) or the query item's own.
+TIME_BIAS_MODES = ("next", "own")
 # Both LayerNorms of an HSTU layer use eps 1e-6 (the paper's public code).
 LAYER_NORM_EPS = 1e-6
 
@@ -53,8 +63,9 @@ def time_buckets(dt: torch.Tensor) -> torch.Tensor:
 class RelativeAttentionBias(nn.Module):
     """Learned bias added to the attention scores, shared across heads.
 
-    bias[b, i, j] = position_weight[(j - i) + N - 1] + time_weight[time_buckets(t_i - t_j)],
-    where N = `max_seq_length` and t the item timestamps (query i, key j).
+    bias[b, i, j] = position_weight[(j - i) + N - 1] + time_weight[time_buckets(q_i - t_j)],
+    where N = `max_seq_length`, t the item timestamps and q_i the query time (t_{i+1} or t_i,
+    see ``hstu_time_bias`` in the module docstring).
     """
 
     def __init__(self, max_seq_length: int, use_position_bias: bool, use_time_bias: bool) -> None:
@@ -81,7 +92,7 @@ class RelativeAttentionBias(nn.Module):
 
         Args:
             seq_len: padded length L of the batch.
-            buckets: int64 [B, L, L], `time_buckets(t_query - t_key)`; None when the time
+            buckets: int64 [B, L, L], `time_buckets(q_query - t_key)`; None when the time
                 term is off.
         """
         bias: torch.Tensor | float = 0.0
@@ -181,19 +192,23 @@ class HSTUSettings(Settings):
     max_seq_length: int  # N: positions, relative offsets (2N-1) and the 1/N attention scale
     use_time_bias: bool
     use_position_bias: bool
+    hstu_time_bias: str  # next: bucket t_{i+1} - t_j (the reference) | own: t_i - t_j
 
     def __post_init__(self) -> None:
+        check_choice("hstu_time_bias", self.hstu_time_bias, TIME_BIAS_MODES)
         for key in ("hidden_size", "n_layers", "n_heads", "attention_dim", "linear_dim"):
             check_range(key, getattr(self, key), low=1)
         check_range("max_seq_length", self.max_seq_length, low=1)
         for key in ("hidden_dropout_prob", "attn_dropout_prob"):
             check_range(key, getattr(self, key), low=0.0, high=1.0)
 
-    describe_keys = ("hidden_size", "n_layers", "n_heads")
+    describe_keys = ("hidden_size", "n_layers", "n_heads", "hstu_time_bias")
 
     def describe(self) -> str:
-        """Short name from the hyperparameters, e.g. ``hstu-d50-l2-h1``."""
-        return f"hstu-d{self.hidden_size}-l{self.n_layers}-h{self.n_heads}"
+        """Short name from the hyperparameters, e.g. ``hstu-d50-l2-h1``; ``-own`` marks the
+        query's own time in the time bias (the reference's ``next`` is unmarked)."""
+        own = "-own" if self.use_time_bias and self.hstu_time_bias == "own" else ""
+        return f"hstu-d{self.hidden_size}-l{self.n_layers}-h{self.n_heads}{own}"
 
 
 class HSTUBackbone(nn.Module):
@@ -216,6 +231,7 @@ class HSTUBackbone(nn.Module):
         self.linear_dim = settings.linear_dim
         self.max_seq_length = settings.max_seq_length
         self.use_time_bias = settings.use_time_bias
+        self.time_bias = settings.hstu_time_bias
         self.position_embedding = nn.Embedding(settings.max_seq_length, settings.hidden_size)
         self.input_dropout = nn.Dropout(settings.hidden_dropout_prob)
         self.layers = nn.ModuleList(
@@ -237,7 +253,11 @@ class HSTUBackbone(nn.Module):
         nn.init.trunc_normal_(self.position_embedding.weight, std=std, a=-2 * std, b=2 * std)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, time_seq: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        time_seq: torch.Tensor | None = None,
+        query_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Encode a right-padded batch causally.
 
@@ -245,12 +265,17 @@ class HSTUBackbone(nn.Module):
             x: float [B, L, D] item embeddings.
             mask: bool [B, L], True at real items.
             time_seq: int64 [B, L] unix seconds (needed when `use_time_bias`).
+            query_time: int64 [B, L], the time of the event each position predicts (t_{i+1};
+                needed when `use_time_bias` and `hstu_time_bias` is ``next``; ignored
+                otherwise). ``HSTU.query_times`` builds it from a batch.
 
         Returns:
-            float [B, L, D]; row t depends only on inputs at positions <= t; zero at padding.
+            float [B, L, D]; row t depends only on inputs at positions <= t (and, with
+            ``next``, on ``query_time[:, t]``); zero at padding.
 
         Raises:
-            ValueError: L exceeds `max_seq_length`, or `time_seq` is missing with the time bias on.
+            ValueError: L exceeds `max_seq_length`, or `time_seq` (or, with ``next``,
+                `query_time`) is missing with the time bias on.
         """
         seq_len = x.shape[1]
         if seq_len > self.max_seq_length:
@@ -271,8 +296,17 @@ class HSTUBackbone(nn.Module):
                     "HSTU: use_time_bias is true but the batch has no time_seq; "
                     "pass time_seq or set use_time_bias: false"
                 )
+            query = time_seq
+            if self.time_bias == "next":
+                if query_time is None:
+                    raise ValueError(
+                        "HSTU: hstu_time_bias is 'next' but the batch has no query_time (the "
+                        "time of each predicted event: a batch's target_time); pass it or set "
+                        "hstu_time_bias: own"
+                    )
+                query = query_time
             # Same buckets for every layer: query time minus key time.
-            buckets = time_buckets(time_seq[:, :, None] - time_seq[:, None, :])  # [B, L, L]
+            buckets = time_buckets(query[:, :, None] - time_seq[:, None, :])  # [B, L, L]
         for layer in self.layers:
             h = layer(h, attn_mask, buckets) * keep
         return h
@@ -332,14 +366,47 @@ class HSTU(ForkSeqModel):
     settings_class = HSTUSettings
     backbone_class = HSTUBackbone
 
+    def _time_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+        """The backbone's time arguments: ``time_seq`` and, with ``next``, ``query_time``."""
+        out = super()._time_inputs(batch)
+        if self.backbone.use_time_bias and self.backbone.time_bias == "next":
+            out["query_time"] = query_times(batch)
+        return out
+
     def _recbole_batch(self, interaction: Any) -> dict[str, torch.Tensor]:
         """RecBole's rows plus their timestamps, which the time bias needs."""
         batch = super()._recbole_batch(interaction)
-        # RecBole's interactions carry the timestamps of a sequence as 'timestamp_list'.
+        # RecBole's interactions carry the timestamps of a sequence as 'timestamp_list' and
+        # the target's own time as 'timestamp'.
         time_seq_field = f"{self.fields.TIME_FIELD}{self.fields.LIST_SUFFIX}"
         if time_seq_field in interaction:
             batch["time_seq"] = interaction[time_seq_field].long()
+        if self.fields.TIME_FIELD in interaction:
+            batch["target_time"] = interaction[self.fields.TIME_FIELD].long()
         return batch
 
 
-__all__ = ["HSTU", "HSTUBackbone", "HSTUSettings", "time_buckets"]
+def query_times(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The time of the event each position predicts: int64 [B, L] (0 at padding), or None.
+
+    A training batch's ``target_time`` [B, L] is that already (t_{i+1} at every real input
+    position). An evaluation batch's ``target_time`` [B] is the held-out item's time: the
+    last real position predicts it, and every earlier position i predicts input i + 1,
+    whose time is ``time_seq[:, i + 1]``. None when the batch has no ``time_seq`` or no
+    ``target_time``.
+    """
+    time_seq, target_time = batch.get("time_seq"), batch.get("target_time")
+    if time_seq is None or target_time is None:
+        return None
+    if target_time.dim() == 2:
+        return target_time
+    real = batch["item_seq"] > 0  # [B, L], right-padded
+    nxt = torch.zeros_like(time_seq)
+    nxt[:, :-1] = time_seq[:, 1:]
+    last = (real.sum(dim=1) - 1).clamp(min=0)  # [B]
+    rows = torch.arange(time_seq.shape[0], device=time_seq.device)
+    nxt[rows, last] = target_time.to(time_seq.dtype)
+    return torch.where(real, nxt, torch.zeros_like(nxt))
+
+
+__all__ = ["HSTU", "HSTUBackbone", "HSTUSettings", "TIME_BIAS_MODES", "query_times", "time_buckets"]

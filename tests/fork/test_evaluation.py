@@ -274,8 +274,9 @@ def test_agrees_with_recbole_metrics():
 
     users, table, targets, indptr, items = _random_case(4, n_users=60, n_items=40)
     n_users, n_items = 60, 40
-    # RecBole's full-sort path: score every item, padding and history to -inf, top-k, then a
-    # 0/1 matrix of hits plus the number of positives (collector.py, rec.topk).
+    # RecBole's full-sort path with a history index (its general recommenders; for
+    # sequential ones it passes none): score every item, padding and history to -inf,
+    # top-k, then a 0/1 matrix of hits plus the number of positives (collector.py, rec.topk).
     scores = users @ table.T  # [U, n_items]
     scores[:, 0] = -math.inf
     rows = torch.repeat_interleave(torch.arange(n_users), indptr.diff())
@@ -417,6 +418,7 @@ def test_yaml_defaults_match_the_function_defaults():
     assert set(defaults) == {
         "eval_mode",
         "exclude_history",
+        "stock_evaluator",
         "eval_item_chunk",
         "eval_user_chunk",
         "topk",
@@ -424,6 +426,7 @@ def test_yaml_defaults_match_the_function_defaults():
     params = inspect.signature(evaluate_ranking).parameters
     assert parse_eval_mode(defaults["eval_mode"]) == ("full", None)
     assert defaults["exclude_history"] is True
+    assert defaults["stock_evaluator"] == "fork"
     assert defaults["eval_item_chunk"] == params["item_chunk"].default
     assert defaults["eval_user_chunk"] == params["user_chunk"].default
     assert defaults["topk"] == [10]

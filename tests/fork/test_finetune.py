@@ -269,6 +269,36 @@ def test_fisher_of_one_batch_is_its_squared_gradient(pretrained) -> None:
         assert torch.equal(fisher[name], expected), name
 
 
+def test_fisher_leaves_out_the_bucketed_loss_scale(pretrained) -> None:
+    """With length-bucketed batches each batch carries a loss_scale (its share of the
+    epoch's positions); the Fisher is of the plain mean loss, whatever the bucketing."""
+    from recbole_fork.data import build_seq_data
+    from recbole_fork.session import build_model
+    from recbole_fork.settings import RunSettings
+
+    root, _ = pretrained
+    config = run_config(root, **ARCH, **TRAIN, dataset="src", train_bucket_batches=2)
+    data = build_seq_data(config)
+    torch.manual_seed(0)
+    model = build_model(RunSettings.from_config(config).spec, data)
+    fisher = estimate_fisher(model, data, n_batches=2, batch_size=16, seed=3)
+    batches = list(data.train_loader(16, 0))[:2]
+    scales = [float(b["loss_scale"]) for b in batches]
+    assert any(abs(s - 1.0) > 0.05 for s in scales)  # the scales are not all 1
+    gen = torch.Generator().manual_seed(3 + 505)
+    model.eval()
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for batch in batches:
+        model.zero_grad()
+        plain = {k: v for k, v in batch.items() if k != "loss_scale"}
+        model.training_loss(plain, gen).backward()
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                expected[name] += p.grad**2
+    for name in expected:
+        torch.testing.assert_close(fisher[name], expected[name] / 2, rtol=1e-6, atol=0)
+
+
 def test_ewc_trains_everything_and_stays_closer_than_full(pretrained, tmp_path, fake_tracker):
     root, ckpt = pretrained
     _, full = _run(root, ckpt, "full", tmp_path, epochs=1)

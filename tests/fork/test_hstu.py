@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from recbole_fork.models.hstu import HSTU, HSTUBackbone, HSTUSettings, time_buckets
+from recbole_fork.models.hstu import HSTU, HSTUBackbone, HSTUSettings, query_times, time_buckets
 from recbole_fork.params import count_parameters
 from recbole_fork.settings import ConfigError
 from tests.conftest import assert_backbone_learns, tiny_fork_model
@@ -33,6 +33,7 @@ TINY = dict(
     max_seq_length=6,
     use_time_bias=True,
     use_position_bias=True,
+    hstu_time_bias="own",  # the backbone tests below check t_i - t_j; `next` has its own
 )
 
 
@@ -65,8 +66,13 @@ def test_time_buckets_match_formula():
     assert time_buckets(gaps).dtype == torch.int64
 
 
-def reference_layer(layer, x, time_seq, n):
-    """One HSTU layer written out entry by entry from REFERENCE.md section 2 (one sequence)."""
+def reference_layer(layer, x, time_seq, n, query=None):
+    """One HSTU layer written out entry by entry from REFERENCE.md section 2 (one sequence).
+
+    The time bucket of query i and key j is of ``query[i] - time_seq[j]``; ``query``
+    defaults to ``time_seq`` (``own``), the reference's ``next`` passes t_{i+1}.
+    """
+    query = time_seq if query is None else query
     seq_len, dim = x.shape
     heads, dq, dv = layer.n_heads, layer.attention_dim, layer.linear_dim
     normed = F.layer_norm(x, (dim,), eps=1e-6)
@@ -80,7 +86,7 @@ def reference_layer(layer, x, time_seq, n):
             for j in range(i + 1):  # causal: keys j <= i
                 score = q[i, h * dq : (h + 1) * dq] @ k[j, h * dq : (h + 1) * dq]
                 score = score + layer.rab.position_weight[j - i + n - 1]
-                bucket = int(math.floor(math.log(max(abs(time_seq[i] - time_seq[j]), 1)) / 0.301))
+                bucket = int(math.floor(math.log(max(abs(query[i] - time_seq[j]), 1)) / 0.301))
                 score = score + layer.rab.time_weight[min(max(bucket, 0), 128)]
                 out[i, h * dv : (h + 1) * dv] += F.silu(score) / n * v[j, h * dv : (h + 1) * dv]
     gated = u * F.layer_norm(out, (heads * dv,), eps=1e-6)
@@ -187,6 +193,12 @@ def test_defaults_from_yaml_and_describe():
     config = yaml.safe_load(HSTU_YAML.read_text())
     backbone = HSTUBackbone(HSTUSettings.from_mapping(config))
     assert backbone.describe() == "hstu-d50-l2-h1"
+    assert backbone.settings.hstu_time_bias == "next" and backbone.time_bias == "next"
+    own = HSTUSettings.from_mapping({**config, "hstu_time_bias": "own"})
+    assert own.describe() == "hstu-d50-l2-h1-own"
+    assert HSTUSettings(**{**TINY, "use_time_bias": False}).describe() == "hstu-d8-l2-h2"
+    with pytest.raises(ConfigError, match="hstu_time_bias"):
+        HSTUSettings(**{**TINY, "hstu_time_bias": "query"})
     assert backbone.normalize is True
     del config["linear_dim"]
     with pytest.raises(ConfigError, match="config key 'linear_dim' is missing"):
@@ -235,7 +247,7 @@ def test_model_counts_and_describe():
     counts = count_parameters(model)
     assert counts.embedding == N_ITEMS * 8 == 96
     assert counts.non_embedding == 888  # the backbone's closed form above
-    assert model.describe() == "hstu-d8-l2-h2-id"
+    assert model.describe() == "hstu-d8-l2-h2-own-id"
     assert model.normalize is True
     assert model.flops_per_token() == model.backbone.flops_per_token(6) == 2 * (448 + 96 + 72 + 96)
 
@@ -286,3 +298,114 @@ def test_model_eval_and_recbole_hooks_use_time():
     torch.testing.assert_close(full, users @ model.item_embeddings(torch.arange(N_ITEMS)).T)
     with pytest.raises(ValueError, match="time_seq"):
         model.user_vectors({"item_seq": batch["item_seq"], "seq_len": torch.tensor([4, 6])})
+
+
+# ----- hstu_time_bias: next (REFERENCE section 6.1: buckets of t_{i+1} - t_j) -------------
+
+
+def test_next_time_bias_buckets_the_predicted_events_time():
+    """A layer with `next` equals the written-out formula with q_i = t_{i+1}, and a
+    backbone without query times refuses to guess."""
+    backbone = tiny_backbone(hstu_time_bias="next")
+    x, _, time_seq = tiny_batch(seq_len=5)
+    x, time_seq = x[1:], time_seq[1:]  # the all-real row: times 10, 10, 11, 1e6, 1e6+100
+    query = torch.tensor([[10, 11, 1_000_000, 1_000_100, 2_000_000]])  # t_{i+1}
+    mask = torch.ones(5, 5).tril().view(1, 1, 5, 5)  # causal
+    layer = backbone.layers[0]
+    with torch.no_grad():
+        got = layer(x, mask, time_buckets(query[:, :, None] - time_seq[:, None, :]))[0]
+    want = reference_layer(layer, x[0], time_seq[0].tolist(), n=6, query=query[0].tolist())
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="query_time"):
+        backbone(x, torch.ones(1, 5, dtype=torch.bool), time_seq)
+
+
+def test_query_times_of_training_and_evaluation_batches():
+    item_seq = torch.tensor([[4, 5, 6, 0], [7, 8, 0, 0]])
+    time_seq = torch.tensor([[10, 20, 30, 0], [5, 6, 0, 0]])
+    # Evaluation: the held-out items come at 45 and 9; earlier positions predict inputs.
+    batch = {"item_seq": item_seq, "time_seq": time_seq, "target_time": torch.tensor([45, 9])}
+    assert query_times(batch).tolist() == [[20, 30, 45, 0], [6, 9, 0, 0]]
+    # Training: target_time [B, L] is already t_{i+1}.
+    train = {**batch, "target_time": torch.tensor([[20, 30, 45, 0], [6, 9, 0, 0]])}
+    assert query_times(train) is train["target_time"]
+    assert query_times({"item_seq": item_seq, "time_seq": time_seq}) is None
+
+
+def test_training_windows_carry_the_next_items_time():
+    from recbole_fork.data.windows import gather_windows
+
+    items = torch.arange(10, 20).numpy()  # one user, 10 items
+    times = (1000 + 10 * torch.arange(10)).numpy()
+    out = gather_windows(items, times, start=torch.tensor([2]).numpy(), length=torch.tensor([4]).numpy(), max_len=5, last_only=False)  # fmt: skip
+    assert out["item_seq"].tolist() == [[12, 13, 14, 0, 0]]
+    assert out["target"].tolist() == [[13, 14, 15, 0, 0]]
+    assert out["target_time"].tolist() == [[1030, 1040, 1050, 0, 0]]
+    last = gather_windows(items, times, start=torch.tensor([2]).numpy(), length=torch.tensor([4]).numpy(), max_len=5, last_only=True)  # fmt: skip
+    assert last["target"].tolist() == [[0, 0, 15, 0, 0]]
+    assert last["target_time"].tolist() == [[1030, 1040, 1050, 0, 0]]
+
+
+def test_nothing_after_the_predicted_event_reaches_the_query():
+    """With `next`, position i's state depends on items and times up to i and on the time
+    of the item it predicts (t_{i+1}); not on that item, nor on anything later."""
+    model = tiny_model(hstu_time_bias="next")
+    item_seq = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    time_seq = torch.tensor([[100, 200, 400, 800, 1600, 3200]])
+    target_time = torch.tensor([[200, 400, 800, 1600, 3200, 6400]])  # t_{i+1}
+    x = model.item_encoder(item_seq)
+    i = 2  # predicts item 4 at time 800
+    later_items = item_seq.clone()
+    later_items[0, i + 1 :] = torch.tensor([9, 10, 11])
+    later_times = time_seq.clone()
+    later_times[0, i + 1 :] = torch.tensor([900, 5000, 99_999])
+    later_targets = target_time.clone()
+    later_targets[0, i + 1 :] = torch.tensor([7000, 8000, 10**7])
+    later_targets[0, i] = 900  # the predicted event moved: its time is the only thing read
+
+    def states(items, times, targets):
+        batch = {"item_seq": items, "time_seq": times, "target_time": targets}
+        with torch.no_grad():
+            emb = model.item_encoder(items)
+            return model._contextualise(emb, items, model._time_inputs(batch))[0]
+
+    base = states(item_seq, time_seq, target_time)
+    # Items and times after the predicted event, and the predicted item itself: no effect.
+    after = states(later_items, later_times, target_time.where(
+        torch.arange(6) <= i, later_targets))  # fmt: skip
+    torch.testing.assert_close(after[: i + 1], base[: i + 1], atol=0, rtol=0)
+    # The predicted event's time does reach position i (and nothing earlier).
+    moved = target_time.clone()
+    moved[0, i] = 10**6
+    shifted = states(item_seq, time_seq, moved)
+    torch.testing.assert_close(shifted[:i], base[:i], atol=0, rtol=0)
+    assert not torch.allclose(shifted[i], base[i])
+    # `own` ignores target_time altogether.
+    own = tiny_model(hstu_time_bias="own")
+    own.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        a = own._contextualise(x, item_seq, own._time_inputs({"time_seq": time_seq, "target_time": target_time, "item_seq": item_seq}))  # fmt: skip
+        b = own._contextualise(x, item_seq, own._time_inputs({"time_seq": time_seq, "target_time": moved, "item_seq": item_seq}))  # fmt: skip
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_next_evaluation_uses_the_held_out_items_time_only():
+    """An evaluation batch's user vector (last position) reads the target's time; the
+    training batch's state at the same position gives the same vector (one convention)."""
+    model = tiny_model(hstu_time_bias="next")
+    item_seq = torch.tensor([[1, 2, 3, 0, 0, 0]])
+    time_seq = torch.tensor([[100, 200, 400, 0, 0, 0]])
+    eval_batch = {"item_seq": item_seq, "time_seq": time_seq, "seq_len": torch.tensor([3]), "target_time": torch.tensor([800])}  # fmt: skip
+    train_times = torch.tensor([[200, 400, 800, 0, 0, 0]])
+    with torch.no_grad():
+        user = model.user_vectors(eval_batch)
+        states = model._contextualise(
+            model.item_encoder(item_seq),
+            item_seq,
+            model._time_inputs({"item_seq": item_seq, "time_seq": time_seq, "target_time": train_times}),
+        )  # fmt: skip
+        later = model.user_vectors({**eval_batch, "target_time": torch.tensor([10**7])})
+    torch.testing.assert_close(user[0], model._norm(states[0, 2]), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(user, later)
+    with pytest.raises(ValueError, match="query_time"):
+        model.user_vectors({k: v for k, v in eval_batch.items() if k != "target_time"})

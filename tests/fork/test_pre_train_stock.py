@@ -54,6 +54,10 @@ def test_stock_sasrec_trains_logs_and_checkpoints(
     assert run["run_name"] == "recbole-sasrec-d8-l1-tiny-s2020"
     assert int(run["params"]["params_total"]) == result["params_total"]
     assert run["params"]["scheduler.type"] == "one_cycle"
+    # Scored by the fork's evaluator by default: the fork's metric names and protocol.
+    assert run["params"]["eval_protocol"] == "full, history excluded"
+    assert run["params"]["eval_split_differs_users"] == "0"
+    assert "best_test_hr_at_10" in result and "best_valid_hr_at_10" in result
     lrs = [v for _, v in metric_history(run["run_id"], "lr")]
     assert len(lrs) == 3 and lrs[0] < lrs[1]  # one-cycle warms up over the run
     assert [s for s, _ in metric_history(run["run_id"], "valid_ndcg_at_10")] == [0, 1, 2]

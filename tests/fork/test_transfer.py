@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,24 @@ def test_incompatible_size_names_both_shapes(domains, tmp_path) -> None:
     with pytest.raises(TransferError, match=message):
         fine_tune(config, tmp_path / "ft.pth", pretrained=ckpt)
     assert not (tmp_path / "ft.pth").exists()
+
+
+def test_text_fields_must_be_the_checkpoints_in_its_order(domains, tmp_path) -> None:
+    """Reordered fields would load the adapter's columns permuted; other fields would not
+    fit either: both are a one-line error naming the two lists."""
+    root, ckpt = domains
+    for fields in (["brand", "title"], ["title"]):
+        config = fine_tune_config(
+            {**TRAIN, "data_path": str(root), "text_fields": fields}, "tgt", pretrained=ckpt
+        )
+        model = build_model(RunSettings.from_config(config).spec, build_seq_data(config))
+        message = re.escape(
+            f"text_fields {fields} differ from checkpoint {ckpt}'s ['title', 'brand']: the "
+            "adapter reads the fields in the checkpoint's order"
+        )
+        with pytest.raises(TransferError, match=message) as err:
+            transfer_weights(model, load_checkpoint(ckpt), dataset="tgt", where=str(ckpt))
+        assert "\n" not in str(err.value)
 
 
 def test_checkpoint_of_another_model(domains, tmp_path) -> None:
