@@ -68,6 +68,7 @@ class RecommendRequest(BaseModel):
 
     history: list[ItemId] | None = None
     timestamps: list[int] | None = None
+    query_time: int | None = None
     user_id: ItemId | None = None
     cutoff: Literal["all", "test", "valid"] = "all"
     k: int = 10
@@ -221,6 +222,7 @@ def create_app(recommender: Recommender, options: ServerOptions | None = None) -
                 user_id=req.user_id,
                 cutoff=req.cutoff,
                 timestamps=req.timestamps,
+                query_time=req.query_time,
                 k=req.k,
                 exclude_history=req.exclude_history,
                 exclude=req.exclude,

@@ -28,6 +28,7 @@ Not thread-safe: the server runs every call that touches the model or the matrix
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ class Query:
     Attributes:
         history: int64 [n] item ids, oldest first (n >= 1).
         times: int64 [n] unix seconds, or None when the model does not read time.
+        query_time: unix seconds of the event the list is for (HSTU's ``next`` time bias
+            reads the gap from each history item to it), or None when the model does not
+            read time.
         k: list length.
         exclude: int64 [m] item ids never recommended (the history, when asked, and the
             request's ``exclude``).
@@ -82,6 +86,7 @@ class Query:
     times: np.ndarray | None
     k: int
     exclude: np.ndarray
+    query_time: int | None = None
 
 
 @dataclass
@@ -222,6 +227,12 @@ class Recommender:
             )
         return self._hist_items[a : b - held_out], self._hist_times[a : b - held_out]
 
+    def held_out_time(self, user_id: Any, cutoff: str) -> int:
+        """Unix seconds of a user's held-out ``test`` or ``valid`` item."""
+        uid = int(self._user_index.get_indexer([str(user_id)])[0])
+        b = int(self._offsets[uid + 1])
+        return int(self._hist_times[b - _HELD_OUT[cutoff]])
+
     def resolve(
         self,
         *,
@@ -229,6 +240,7 @@ class Recommender:
         user_id: Any = None,
         cutoff: str = "all",
         timestamps: list[int] | None = None,
+        query_time: int | None = None,
         k: int = 10,
         exclude_history: bool = True,
         exclude: list[Any] | None = None,
@@ -240,6 +252,9 @@ class Recommender:
             user_id: a dataset user's raw id; the history comes from the dataset.
             cutoff: ``all``, ``test`` or ``valid`` (``user_id`` requests; module docstring).
             timestamps: unix seconds of ``history``'s items (models that read time gaps).
+            query_time: unix seconds of the event to recommend for (the ``next`` time
+                bias); default: the held-out item's time for a ``test`` / ``valid`` cutoff
+                (the offline protocol), else the time of the request.
             k: list length, 1 .. min(``max_k``, catalog size).
             exclude_history: never recommend an item of the history.
             exclude: raw item ids never recommended.
@@ -254,6 +269,9 @@ class Recommender:
             if timestamps is not None:
                 raise RequestError("'timestamps' go with 'history'; a user's come from the dataset")
             items, times = self.user_history(user_id, cutoff)
+            if query_time is None and cutoff != "all":
+                # The offline protocol: the held-out item's own time.
+                query_time = int(self.held_out_time(user_id, cutoff))
         else:
             if cutoff != "all":
                 raise RequestError("'cutoff' applies to 'user_id' requests only")
@@ -288,11 +306,14 @@ class Recommender:
             )
         extra = self.item_ids(exclude, "exclude") if exclude else np.zeros(0, dtype=np.int64)
         excluded = np.concatenate([items, extra]) if exclude_history else extra
+        if self.uses_time and query_time is None:
+            query_time = int(time.time())
         return Query(
             history=np.asarray(items, dtype=np.int64),
             times=np.asarray(times, dtype=np.int64) if self.uses_time else None,
             k=k,
             exclude=excluded.astype(np.int64),
+            query_time=query_time if self.uses_time else None,
         )
 
     # ----- ranking (worker thread) ---------------------------------------------------------
@@ -321,6 +342,8 @@ class Recommender:
             batch["time_seq"] = torch.from_numpy(
                 np.ascontiguousarray(arrays["time_seq"][:, :width])
             )
+            # The time of the event each list is for: the "target" the last position predicts.
+            batch["target_time"] = torch.tensor([q.query_time for q in queries], dtype=torch.long)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     @torch.no_grad()
