@@ -11,6 +11,7 @@ import argparse
 import shlex
 import sys
 
+from recbole_fork.errors import UserError
 from recbole_fork.scaling.report import DATA_AXES, DEFAULT_METRICS, ReportError, scaling_report
 
 
@@ -44,9 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             log_artifacts=not args.no_log,
             command=command,
         )
-    except (ReportError, ValueError) as e:
+    except (ReportError, ValueError, UserError) as e:  # UserError: an unreachable server
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"wrote {result.report} and {len(result.figures)} figure files")
     return 0
 
