@@ -12,9 +12,12 @@ resolved config says, unless the user names it).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +146,39 @@ def check_output(
             "with --overwrite, or choose another file"
         )
     return path
+
+
+@contextmanager
+def output_lock(path: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``<path>.lock`` while a run writes the checkpoint ``path``.
+
+    A second run started on the same checkpoint stops at once with one line instead of
+    overwriting the first one's epochs. The lock is the kernel's (``flock``): it goes with
+    the process, also when that is killed, so a stale ``.lock`` file never blocks a run.
+    The file is left in place (removing it could let two runs lock two different files).
+
+    Raises:
+        CheckpointError: another process holds the lock.
+    """
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise CheckpointError(
+                f"another run is writing {path} ({holder}); wait for it to end or choose another -o"
+            ) from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            yield lock
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:

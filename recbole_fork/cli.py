@@ -7,7 +7,8 @@ one line naming the path and the cause, exit status 1; Ctrl-C the resume hint an
 status 130. Any other exception is a bug and keeps its traceback.
 
 ``-o`` is checked before the config is built: an existing checkpoint is continued only with
-``--resume`` and replaced only with ``--overwrite``, and never is the ``-i`` it reads from.
+``--resume`` and replaced only with ``--overwrite``, and never is the ``-i`` it reads from;
+while a run writes it, ``<-o>.lock`` stops a second run on the same checkpoint.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
-from recbole_fork.checkpoint import check_output
+from recbole_fork.checkpoint import check_checkpoint_path, check_output, output_lock
 from recbole_fork.config import build_config
 from recbole_fork.distributed import DistEnv, rank_gpu_id
 from recbole_fork.errors import UserError
@@ -124,26 +126,32 @@ def pre_train_main(argv: Sequence[str] | None = None) -> int:
         if args.allow_changes and not args.resume:
             raise ConfigError("--allow-change applies to --resume only")
         dist = DistEnv.from_environ()
-        check_output(args.output, resume=args.resume, overwrite=args.overwrite)
-        overrides = _torchrun_overrides(dist, _overrides(args))
-        config = build_config(args.config, overrides)
-        if args.overwrite and dist.is_main:
-            # The old result must not sit beside the new run's checkpoint.
-            Path(args.output).with_suffix(".metrics.json").unlink(missing_ok=True)
-        result = pre_train(
-            config,
-            args.output,
-            resume=args.resume,
-            tracking_uri=args.tracking_uri,
-            config_file=args.config,
-            dist=dist,
-            allow_changes=args.allow_changes,
-        )
-        if dist.is_main:
-            write_result(args.output, result)
+        check_checkpoint_path(args.output)
+        with output_lock(args.output) if dist.is_main else nullcontext():
+            return _pre_train(args, dist, pre_train)
     except (UserError, OSError, KeyboardInterrupt) as e:
         return report_error(e)
+
+
+def _pre_train(args: argparse.Namespace, dist: DistEnv, pre_train) -> int:
+    """``pre_train_main`` once rank 0 holds the checkpoint's lock."""
+    check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+    overrides = _torchrun_overrides(dist, _overrides(args))
+    config = build_config(args.config, overrides)
+    if args.overwrite and dist.is_main:
+        # The old result must not sit beside the new run's checkpoint.
+        Path(args.output).with_suffix(".metrics.json").unlink(missing_ok=True)
+    result = pre_train(
+        config,
+        args.output,
+        resume=args.resume,
+        tracking_uri=args.tracking_uri,
+        config_file=args.config,
+        dist=dist,
+        allow_changes=args.allow_changes,
+    )
     if dist.is_main:
+        write_result(args.output, result)
         print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
@@ -184,25 +192,27 @@ def fine_tune_main(argv: Sequence[str] | None = None) -> int:
         if DistEnv.from_environ().enabled:
             # Each process would fine-tune alone and all would write the same checkpoint.
             raise ConfigError("fine_tune.py runs as one process: start it without torchrun")
-        check_output(args.output, overwrite=args.overwrite, init=args.init, can_resume=False)
-        config = fine_tune_config(
-            args.config,
-            args.dataset,
-            overrides,
-            pretrained=args.init,
-            pretrain_config=args.pretrain_config,
-        )
-        if args.overwrite:
-            Path(args.output).with_suffix(".metrics.json").unlink(missing_ok=True)
-        result = fine_tune(
-            config,
-            args.output,
-            pretrained=args.init,
-            pretrain_dataset=args.pretrain_dataset,
-            tracking_uri=args.tracking_uri,
-            config_file=args.config,
-        )
-        write_result(args.output, result)
+        check_checkpoint_path(args.output)
+        with output_lock(args.output):
+            check_output(args.output, overwrite=args.overwrite, init=args.init, can_resume=False)
+            config = fine_tune_config(
+                args.config,
+                args.dataset,
+                overrides,
+                pretrained=args.init,
+                pretrain_config=args.pretrain_config,
+            )
+            if args.overwrite:
+                Path(args.output).with_suffix(".metrics.json").unlink(missing_ok=True)
+            result = fine_tune(
+                config,
+                args.output,
+                pretrained=args.init,
+                pretrain_dataset=args.pretrain_dataset,
+                tracking_uri=args.tracking_uri,
+                config_file=args.config,
+            )
+            write_result(args.output, result)
     except (UserError, OSError, KeyboardInterrupt) as e:
         return report_error(e)
     print(json.dumps(result, indent=2, sort_keys=True))

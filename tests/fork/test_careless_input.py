@@ -134,8 +134,8 @@ def test_stock_path_unpickles_nothing(work, tiny_dataset, stock_config, capsys):
     assert not marker.exists()
     # RecBole's scratch files (saved/, log_tensorboard/) stay out of the working directory.
     assert sorted(p.name for p in work.iterdir()) == [
-        "b.metrics.json", "b.pth", "ckpt", "evil.pkl", "mlruns-artifacts", "mlruns.sqlite",
-        "own_ckpt_dir", "saved",
+        "b.metrics.json", "b.pth", "b.pth.lock", "ckpt", "evil.pkl", "mlruns-artifacts",
+        "mlruns.sqlite", "own_ckpt_dir", "saved",
     ]  # fmt: skip
     capsys.readouterr()
 
@@ -178,6 +178,28 @@ def test_existing_output_needs_resume_or_overwrite(work, tiny_dataset, fork_conf
 
     assert pre_train_main([*base, "--overwrite", "--set", "seed=7"]) == 0
     assert load_checkpoint(out)["config"]["seed"] == 7
+
+
+def test_a_second_run_on_the_same_checkpoint_stops(work, tiny_dataset, fork_config, capsys):
+    """While a run writes -o (it holds <-o>.lock), another one on the same -o stops at once."""
+    import fcntl
+
+    out = work / "run.pth"
+    with open(f"{out}.lock", "w") as held:
+        held.write("pid 1 on elsewhere\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for flags in ([], ["--resume"], ["--overwrite"]):
+            argv = ["-c", str(fork_config), "-o", str(out), "--data-path", str(tiny_dataset)]
+            assert pre_train_main([*argv, *flags]) == 2
+            assert _one_line_error(capsys) == (
+                f"error: another run is writing {out} (pid 1 on elsewhere); wait for it to end "
+                "or choose another -o"
+            )
+        assert not out.exists()
+    # Released (also when its holder is killed: the kernel drops the lock), -o is free.
+    argv = ["-c", str(fork_config), "-o", str(out), "--data-path", str(tiny_dataset)]
+    assert pre_train_main(argv) == 0
 
 
 def test_fine_tune_never_overwrites_its_pretrained_checkpoint(
