@@ -154,8 +154,8 @@ def output_lock(path: str | Path) -> Iterator[Path]:
 
     A second run started on the same checkpoint stops at once with one line instead of
     overwriting the first one's epochs. The lock is the kernel's (``flock``): it goes with
-    the process, also when that is killed, so a stale ``.lock`` file never blocks a run.
-    The file is left in place (removing it could let two runs lock two different files).
+    the process, also when that is killed, so a ``.lock`` file left by a killed run never
+    blocks the next one. The file is removed when the run ends.
 
     Raises:
         CheckpointError: another process holds the lock.
@@ -165,6 +165,10 @@ def output_lock(path: str | Path) -> Iterator[Path]:
     with open(lock, "a+", encoding="utf-8") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder before us may have removed the file after we opened it: then our
+            # lock is on a file nobody else sees, and a third run could lock a new one.
+            if not (lock.exists() and os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino):
+                raise BlockingIOError
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
@@ -178,6 +182,7 @@ def output_lock(path: str | Path) -> Iterator[Path]:
             f.flush()
             yield lock
         finally:
+            lock.unlink(missing_ok=True)  # before unlocking, so no one locks a removed file
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

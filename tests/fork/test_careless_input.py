@@ -134,8 +134,8 @@ def test_stock_path_unpickles_nothing(work, tiny_dataset, stock_config, capsys):
     assert not marker.exists()
     # RecBole's scratch files (saved/, log_tensorboard/) stay out of the working directory.
     assert sorted(p.name for p in work.iterdir()) == [
-        "b.metrics.json", "b.pth", "b.pth.lock", "ckpt", "evil.pkl", "mlruns-artifacts",
-        "mlruns.sqlite", "own_ckpt_dir", "saved",
+        "b.metrics.json", "b.pth", "ckpt", "evil.pkl", "mlruns-artifacts", "mlruns.sqlite",
+        "own_ckpt_dir", "saved",
     ]  # fmt: skip
     capsys.readouterr()
 
@@ -197,9 +197,15 @@ def test_a_second_run_on_the_same_checkpoint_stops(work, tiny_dataset, fork_conf
                 "or choose another -o"
             )
         assert not out.exists()
-    # Released (also when its holder is killed: the kernel drops the lock), -o is free.
+    # Released (also when its holder is killed: the kernel drops the lock), -o is free; a
+    # run removes its lock file when it ends, also after an error.
     argv = ["-c", str(fork_config), "-o", str(out), "--data-path", str(tiny_dataset)]
     assert pre_train_main(argv) == 0
+    assert pre_train_main(argv) == 2  # exists now: refused, under the lock
+    assert sorted(p.name for p in work.iterdir() if p.name.startswith("run.")) == [
+        "run.metrics.json",
+        "run.pth",
+    ]
 
 
 def test_fine_tune_never_overwrites_its_pretrained_checkpoint(
