@@ -2,7 +2,13 @@
 
 Each parses its arguments, builds the config, calls one library function and prints the
 result. A user-caused error (``recbole_fork.errors.UserError``) becomes one line on stderr
-and exit status 2; any other exception is a bug and keeps its traceback.
+and exit status 2; an I/O error (``OSError``: a full disk, a folder that cannot be written)
+one line naming the path and the cause, exit status 1; Ctrl-C the resume hint and exit
+status 130. Any other exception is a bug and keeps its traceback.
+
+``-o`` is checked before the config is built: an existing checkpoint is continued only with
+``--resume`` and replaced only with ``--overwrite``, and never is the ``-i`` it reads from;
+while a run writes it, ``<-o>.lock`` stops a second run on the same checkpoint.
 """
 
 from __future__ import annotations
@@ -12,12 +18,32 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
+from recbole_fork.checkpoint import check_checkpoint_path, check_output, output_lock
 from recbole_fork.config import build_config
 from recbole_fork.distributed import DistEnv, rank_gpu_id
 from recbole_fork.errors import UserError
 from recbole_fork.settings import ConfigError
+
+EXIT_USER_ERROR = 2
+EXIT_IO_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def report_error(error: BaseException) -> int:
+    """Print a user error, I/O error or Ctrl-C as one line on stderr; the exit status."""
+    if isinstance(error, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(error, OSError):
+        where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
+        cause = error.strerror or str(error) or type(error).__name__
+        print(f"error: {where + ': ' if where else ''}{cause}", file=sys.stderr)
+        return EXIT_IO_ERROR
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def write_result(checkpoint: str | Path, result: dict) -> Path:
@@ -66,6 +92,14 @@ def _pre_train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="continue a killed run from its checkpoint"
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing checkpoint -o with a new run"
+    )
+    p.add_argument(
+        "--allow-change", dest="allow_changes", action="append", default=[], metavar="KEY",
+        help="with --resume: let KEY differ from the checkpoint's config (recorded in MLflow); "
+        "repeatable",
+    )  # fmt: skip
     return p
 
 
@@ -89,20 +123,33 @@ def pre_train_main(argv: Sequence[str] | None = None) -> int:
     from recbole_fork.run import pre_train
 
     try:
+        if args.allow_changes and not args.resume:
+            raise ConfigError("--allow-change applies to --resume only")
         dist = DistEnv.from_environ()
-        overrides = _torchrun_overrides(dist, _overrides(args))
-        config = build_config(args.config, overrides)
-        result = pre_train(
-            config,
-            args.output,
-            resume=args.resume,
-            tracking_uri=args.tracking_uri,
-            config_file=args.config,
-            dist=dist,
-        )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        check_checkpoint_path(args.output)
+        with output_lock(args.output) if dist.is_main else nullcontext():
+            return _pre_train(args, dist, pre_train)
+    except (UserError, OSError, KeyboardInterrupt) as e:
+        return report_error(e)
+
+
+def _pre_train(args: argparse.Namespace, dist: DistEnv, pre_train) -> int:
+    """``pre_train_main`` once rank 0 holds the checkpoint's lock."""
+    check_output(args.output, resume=args.resume, overwrite=args.overwrite)
+    overrides = _torchrun_overrides(dist, _overrides(args))
+    config = build_config(args.config, overrides)
+    if args.overwrite and dist.is_main:
+        # The old result must not sit beside the new run's checkpoint.
+        Path(args.output).with_suffix(".metrics.json").unlink(missing_ok=True)
+    result = pre_train(
+        config,
+        args.output,
+        resume=args.resume,
+        tracking_uri=args.tracking_uri,
+        config_file=args.config,
+        dist=dist,
+        allow_changes=args.allow_changes,
+    )
     if dist.is_main:
         write_result(args.output, result)
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -128,6 +175,9 @@ def _fine_tune_parser() -> argparse.ArgumentParser:
         "-p", "--pretrain-config",
         help="pre-training config; optional, checked against the checkpoint's own config",
     )  # fmt: skip
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing checkpoint -o with a new run"
+    )
     _add_run_args(p)
     return p
 
@@ -142,24 +192,28 @@ def fine_tune_main(argv: Sequence[str] | None = None) -> int:
         if DistEnv.from_environ().enabled:
             # Each process would fine-tune alone and all would write the same checkpoint.
             raise ConfigError("fine_tune.py runs as one process: start it without torchrun")
-        config = fine_tune_config(
-            args.config,
-            args.dataset,
-            overrides,
-            pretrained=args.init,
-            pretrain_config=args.pretrain_config,
-        )
-        result = fine_tune(
-            config,
-            args.output,
-            pretrained=args.init,
-            pretrain_dataset=args.pretrain_dataset,
-            tracking_uri=args.tracking_uri,
-            config_file=args.config,
-        )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    write_result(args.output, result)
+        check_checkpoint_path(args.output)
+        with output_lock(args.output):
+            check_output(args.output, overwrite=args.overwrite, init=args.init, can_resume=False)
+            config = fine_tune_config(
+                args.config,
+                args.dataset,
+                overrides,
+                pretrained=args.init,
+                pretrain_config=args.pretrain_config,
+            )
+            if args.overwrite:
+                Path(args.output).with_suffix(".metrics.json").unlink(missing_ok=True)
+            result = fine_tune(
+                config,
+                args.output,
+                pretrained=args.init,
+                pretrain_dataset=args.pretrain_dataset,
+                tracking_uri=args.tracking_uri,
+                config_file=args.config,
+            )
+            write_result(args.output, result)
+    except (UserError, OSError, KeyboardInterrupt) as e:
+        return report_error(e)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,31 @@ _RECBOLE_CODE_KEYS = {
     "test_neg_sample_args", "valid_neg_sample_args", "world_size",
 }  # fmt: skip
 
+# RecBole keys that make it pickle a filtered dataset or the split dataloaders and, worse,
+# unpickle whatever file sits at the path they name (or at <checkpoint_dir>/<dataset>-*.pth):
+# loading a pickle runs its code. The fork never saves or loads them; each key must stay off.
+PICKLE_KEYS = {
+    "save_dataset": False,
+    "save_dataloaders": False,
+    "dataset_save_path": None,
+    "dataloaders_save_path": None,
+}
+
 
 class ForkConfig(Config):
-    """RecBole's ``Config`` built only from the arguments given: no ``sys.argv``, no ``eval``."""
+    """RecBole's ``Config`` built only from the arguments given: no ``sys.argv``, no ``eval``,
+    and ``data_path`` always the one given (RecBole swaps in its bundled copy of ml-100k)."""
 
     def _load_cmd_line(self) -> dict:
         return {}
+
+    def _set_default_parameters(self):
+        data_path = self.final_config_dict["data_path"]
+        super()._set_default_parameters()
+        # RecBole points ml-100k at the copy inside its package whatever data_path says, so a
+        # run would train on other data than the folder it names. <data_path>/<dataset>, as
+        # RecBole does for every other dataset.
+        self.final_config_dict["data_path"] = os.path.join(data_path, self.dataset)
 
     def _load_variable_config_dict(self, config_dict):
         # RecBole eval()s every string value; ours are already typed by YAML rules.
@@ -208,6 +228,20 @@ def check_keys(user: Mapping[str, Any], valid: set[str], source: str) -> None:
             raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
 
 
+def check_no_pickles(user: Mapping[str, Any], source: str) -> None:
+    """Raise ConfigError when ``user`` turns on one of RecBole's pickled dataset caches.
+
+    Every key of ``PICKLE_KEYS`` may only hold its off value (``false`` / ``null``).
+    """
+    for key, off in PICKLE_KEYS.items():
+        if key in user and user[key] != off:
+            raise ConfigError(
+                f"{source}: config key {key!r}={user[key]!r} is not supported: the fork never "
+                "saves or loads RecBole's pickled datasets or dataloaders (loading a pickle "
+                f"runs its code); remove the key or set it to {'null' if off is None else 'false'}"
+            )
+
+
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     """Merge ``top`` over ``base``; a nested mapping (e.g. ``scheduler``) is merged key by key."""
     out = dict(base)
@@ -237,7 +271,8 @@ def build_config(
         A RecBole ``Config`` (``ForkConfig``) with every layer resolved.
 
     Raises:
-        ConfigError: unreadable file, syntax error, unknown key, missing model or dataset.
+        ConfigError: unreadable file, syntax error, unknown key, missing model or dataset, a
+            key of ``PICKLE_KEYS`` turned on.
     """
     from recbole_fork.models import get_model_class, is_fork_model
 
@@ -262,7 +297,9 @@ def build_config(
 
     defaults = fork_defaults(model)
     check_keys(user, recbole_keys(model, dataset) | set(defaults), where)
+    check_no_pickles(user, where)
     merged = _merge(defaults, user)
+    merged.update(PICKLE_KEYS)  # off whatever RecBole's own defaults say
     merged["model"], merged["dataset"] = model, dataset
     if "max_seq_length" in merged:
         merged["MAX_ITEM_LIST_LENGTH"] = merged["max_seq_length"]

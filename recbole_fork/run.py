@@ -5,20 +5,33 @@ a stock RecBole model through ``StockTrainer``), logs everything to MLflow and r
 final metrics. Under torchrun it trains the fork's models data-parallel
 (``recbole_fork.distributed``): rank 0 logs to MLflow and writes the checkpoint, the other
 ranks log only warnings to the console.
+
+Before anything loads: every setting (``RunSettings``), the checkpoint path, the data path,
+and for ``resume`` the checkpoint's resolved config against this run's
+(``checkpoint.check_resume``: a change that alters training is refused unless named in
+``allow_changes``, and then recorded in the MLflow run).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recbole_fork.checkpoint import CheckpointError, load_checkpoint
-from recbole_fork.config import ForkConfig
+from recbole_fork.checkpoint import (
+    CheckpointError,
+    check_checkpoint_path,
+    check_resume,
+    load_checkpoint,
+)
+from recbole_fork.config import PICKLE_KEYS, ForkConfig
 from recbole_fork.distributed import DistEnv, DistributedError, process_group
 from recbole_fork.naming import run_name
-from recbole_fork.settings import RunSettings
+from recbole_fork.settings import RunSettings, check_range, coerce
 from recbole_fork.tracking import metric_name
 
 logger = logging.getLogger("recbole_fork")
@@ -34,15 +47,78 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-def resume_run_id(checkpoint_path: str | Path, resume: bool) -> str | None:
-    """The MLflow run id stored in the checkpoint we resume from (None for a new run).
+@dataclass(frozen=True)
+class Resumed:
+    """What a resumed run takes from its checkpoint before anything loads.
+
+    Attributes:
+        run_id, tracking_uri: the MLflow run the checkpoint was logged to, and where.
+        from_epoch: the first epoch this run trains.
+        changes: keys changed deliberately (``allow_changes``): ``{key: (saved, now)}``.
+    """
+
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    from_epoch: int = 0
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+def read_resume(
+    checkpoint_path: str | Path, settings: RunSettings, allow_changes: Iterable[str] = ()
+) -> Resumed:
+    """Check a checkpoint to resume against this run's settings, before anything loads.
 
     Raises:
-        CheckpointError: ``resume`` asked but the checkpoint is missing or unreadable.
+        CheckpointError: missing or unreadable checkpoint, one of another kind, or one whose
+            resolved config differs from this run's in a key not in ``allow_changes``
+            (see ``checkpoint.check_resume``).
     """
-    if not resume:
-        return None
-    return load_checkpoint(checkpoint_path).get("mlflow_run_id")
+    ckpt = load_checkpoint(checkpoint_path)
+    changes = check_resume(ckpt, settings.resolved, checkpoint_path, allow_changes)
+    if settings.is_fork_model:
+        done = ckpt.get("state", {}).get("epoch_done", -1)
+    else:
+        done = ckpt.get("epoch", -1)
+    return Resumed(
+        run_id=ckpt.get("mlflow_run_id"),
+        tracking_uri=ckpt.get("mlflow_tracking_uri"),
+        from_epoch=int(done) + 1,
+        changes=changes,
+    )
+
+
+def record_changes(tracker, resumed: Resumed) -> None:
+    """Record a resumed run's deliberate config changes in its MLflow run: a tag
+    ``resume_change.<key>`` each (``old -> new from epoch N``) and an artifact
+    ``resume_changes/from_epoch_<N>.json``. The run's params keep the values it started
+    with (MLflow never changes a param)."""
+    if not resumed.changes:
+        return
+    n = resumed.from_epoch
+    for key, (old, new) in resumed.changes.items():
+        logger.warning(f"resuming with {key} changed: {old!r} -> {new!r} from epoch {n}")
+    tracker.set_tags(
+        {
+            f"resume_change.{key}": f"{old!r} -> {new!r} from epoch {n}"[:5000]
+            for key, (old, new) in resumed.changes.items()
+        }
+    )
+    tracker.log_dict(
+        {
+            "from_epoch": n,
+            "changes": {k: {"checkpoint": o, "now": v} for k, (o, v) in resumed.changes.items()},
+        },
+        f"resume_changes/from_epoch_{n}.json",
+    )
+
+
+def check_stock_settings(config: ForkConfig) -> None:
+    """The keys a stock RecBole model reads that no settings slice checks.
+
+    Raises:
+        ConfigError: ``eval_batch_size`` that is not a positive integer.
+    """
+    check_range("eval_batch_size", coerce("eval_batch_size", config["eval_batch_size"], int), low=1)
 
 
 def pre_train(
@@ -54,6 +130,7 @@ def pre_train(
     config_file: str | Path | None = None,
     script: str = "pre_train",
     dist: DistEnv | None = None,
+    allow_changes: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Train ``config['model']`` on ``config['dataset']``, tracked in MLflow.
 
@@ -68,21 +145,33 @@ def pre_train(
             (``DistEnv.from_environ``), one process without them. Every rank returns the
             same result; only rank 0 logs it. On CUDA, build each rank's config with its own
             ``gpu_id`` (``distributed.rank_gpu_id``; the command line does so).
+        allow_changes: with ``resume``, config keys this run may change from the
+            checkpoint's (``--allow-change``); recorded in the MLflow run.
 
     Returns:
         The final metrics (best valid epoch's valid and test metrics, parameter counts).
 
     Raises:
-        CheckpointError: ``resume`` without a readable checkpoint (on any rank: for
-            multi-node runs the checkpoint must be on storage every node reads).
+        ConfigError: a bad setting.
+        CheckpointError: ``checkpoint_path`` cannot be written; ``resume`` without a readable
+            checkpoint (on any rank: for multi-node runs the checkpoint must be on storage
+            every node reads), or with a config that changes a key not allowed.
+        DataError: no such data path or dataset, or an unreadable atomic file.
         DistributedError: a stock RecBole model under torchrun, or a ``train_batch_size``
             that the world size does not divide.
+        TrackingError: neither the tracking store nor the local fallback can be written.
+        TrainingDivergedError: the loss became NaN or infinite.
     """
+    from recbole_fork.data.seq_data import inter_file
     from recbole_fork.session import log_checkpoint, open_tracked_run, train
 
     dist = dist or DistEnv.from_environ()
     setup_logging(logging.INFO if dist.is_main else logging.WARNING)
     settings = RunSettings.from_config(config)  # every key checked before anything loads
+    if not settings.is_fork_model:
+        check_stock_settings(config)
+    check_checkpoint_path(checkpoint_path)
+    inter_file(config)  # the data path wins over any copy RecBole bundles, and must exist
     if dist.enabled:
         if not settings.is_fork_model:
             raise DistributedError(
@@ -90,30 +179,37 @@ def pre_train(
                 "covers the fork's models only: run it as one process"
             )
         dist.local_batch_size(settings.training.train_batch_size)
-    run_id = resume_run_id(checkpoint_path, resume)
+    resumed = read_resume(checkpoint_path, settings, allow_changes) if resume else None
     with process_group(dist, settings.device):
         if not dist.is_main:  # trains and evaluates its shard; logs nothing, writes nothing
-            return train(config, checkpoint_path, settings=settings, resume=resume, dist=dist)
+            return train(
+                config, checkpoint_path, settings=settings, resume=resumed is not None, dist=dist
+            )
         with open_tracked_run(
             settings,
             script=script,
             run_name=run_name(settings),
             tracking_uri=tracking_uri,
-            run_id=run_id,
+            run_id=resumed.run_id if resumed else None,
+            previous_uri=resumed.tracking_uri if resumed else None,
             config_file=config_file,
         ) as tracker:
+            if resumed is not None:
+                record_changes(tracker, resumed)
             if settings.is_fork_model:
                 result = train(
                     config,
                     checkpoint_path,
                     settings=settings,
                     tracker=tracker,
-                    resume=resume,
+                    resume=resumed is not None,
                     dist=dist,
                 )
                 log_checkpoint(tracker, checkpoint_path)  # for serve.py --run RUN_ID
             else:
-                result = _train_stock(config, settings, checkpoint_path, tracker, resume)
+                result = _train_stock(
+                    config, settings, checkpoint_path, tracker, resumed is not None
+                )
             tracker.log_dict(result, "final_metrics.json")
         return result
 
@@ -121,17 +217,41 @@ def pre_train(
 def _train_stock(
     config: ForkConfig, settings: RunSettings, checkpoint_path: str | Path, tracker, resume: bool
 ) -> dict[str, Any]:
-    """RecBole's own data pipeline and model, through ``StockTrainer`` (the RecBole edge:
-    RecBole's model and trainer read its ``Config`` themselves)."""
+    """RecBole's own data pipeline and model (the RecBole edge: RecBole's model and trainer
+    read its ``Config`` themselves), scored by the fork's evaluator unless
+    ``stock_evaluator: recbole``.
+
+    RecBole gets a private, empty scratch folder as ``checkpoint_dir``, removed afterwards:
+    it looks for pickled datasets and dataloaders there (``<dataset>-*.pth``) and would
+    unpickle, that is run, whatever file it found; ``PICKLE_KEYS`` stay off.
+    """
+    with tempfile.TemporaryDirectory(prefix="recbole-scratch-") as scratch:
+        config["checkpoint_dir"] = scratch
+        for key, off in PICKLE_KEYS.items():
+            config[key] = off
+        return _train_stock_in(config, settings, checkpoint_path, tracker, resume)
+
+
+def _train_stock_in(
+    config: ForkConfig, settings: RunSettings, checkpoint_path: str | Path, tracker, resume: bool
+) -> dict[str, Any]:
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
+    from recbole_fork.data.dataset import atomic_file_errors
+    from recbole_fork.data.seq_data import DataError
     from recbole_fork.models import get_model_class
     from recbole_fork.params import count_parameters
 
     init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
+    with atomic_file_errors(config):
+        dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    if not (len(valid_data) and len(test_data)):
+        raise DataError(
+            f"dataset {settings.dataset!r}: no user has the 3 interactions needed for a "
+            "valid and a test item; nothing to evaluate"
+        )
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model_class(config["model"])(config, train_data._dataset).to(config["device"])
     counts = count_parameters(model)

@@ -135,13 +135,18 @@ def open_tracked_run(
     run_name: str,
     tracking_uri: str | None = None,
     run_id: str | None = None,
+    previous_uri: str | None = None,
     tags: Mapping[str, Any] | None = None,
     config_file: str | Path | None = None,
 ) -> Iterator[Any]:
     """The run's MLflow run (a new one, or ``run_id`` continued), with the config file and
     the resolved config as artifacts; FINISHED, FAILED or KILLED on exit.
 
-    Experiment: the config's ``experiment``, else ``<script>-<dataset>``.
+    Experiment: the config's ``experiment``, else ``<script>-<dataset>``. ``run_id`` and
+    ``previous_uri`` come from the checkpoint of a resumed run (see ``tracking.Tracker``).
+
+    Raises:
+        TrackingError: neither the tracking store nor the local fallback can be written.
     """
     from recbole_fork.config import resolve_config_path
     from recbole_fork.naming import experiment_name
@@ -152,6 +157,7 @@ def open_tracked_run(
         run_name,
         tracking_uri=tracking_uri,
         run_id=run_id,
+        previous_uri=previous_uri,
         tags={
             "script": script,
             "model": settings.model,
@@ -178,7 +184,9 @@ def train(
 ) -> dict[str, float]:
     """Assemble a fork model's run and train it; the final ``best_*`` metrics.
 
-    Logs the run's params to ``tracker`` on a fresh start (give it on rank 0 only).
+    Logs the run's params to ``tracker`` (give it on rank 0 only), on a resume too: a
+    continued MLflow run keeps the values it holds and gains only keys it lacks, and a run
+    that replaces one the tracking store lost gets them all.
 
     Raises:
         ConfigError, DataError, DistributedError: see ``assemble``;
@@ -200,7 +208,7 @@ def train(
         dist=dist,
         meta=checkpoint_meta(settings),
     )
-    if tracker is not None and not resume:
+    if tracker is not None:
         params = run_params(settings, built.model, built.data, getattr(tracker, "run_name", None))
         params["world_size"] = dist.world_size
         params["train_batch_size_per_rank"] = trainer.batch_size

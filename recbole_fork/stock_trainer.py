@@ -5,22 +5,36 @@ Added by subclassing, RecBole's training loop untouched: the LR schedule of
 MLflow logging, plain-dict checkpoints that load with ``weights_only=True`` (RecBole's own
 pickle its ``Config``), and the scheduler state in the checkpoint so a resumed run keeps
 its LR. The fork's own models use ``recbole_fork.trainer.SeqTrainer`` instead.
+
+Nothing is written to or read from the working directory: RecBole's scratch folder
+(``checkpoint_dir``) and its TensorBoard events go to the run's private temporary folder
+(``run._train_stock``), and the best model is reloaded with ``weights_only=True``. A NaN
+loss and Ctrl-C end with one line saying where the last checkpoint is.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import recbole.trainer.trainer as recbole_trainer
 from recbole.trainer import Trainer
+from torch.utils.tensorboard import SummaryWriter
 
 from recbole_fork import compat
-from recbole_fork.checkpoint import load_checkpoint, save_checkpoint
+from recbole_fork.checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from recbole_fork.schedulers import SchedulerSettings, build_scheduler
 from recbole_fork.tracking import Tracker
+from recbole_fork.trainer import TrainingDivergedError, optimizer_changed, param_group_settings
 
 compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
+
+logger = logging.getLogger(__name__)
+RESUME_KEYS = ("epoch", "cur_step", "best_valid_score", "state_dict", "optimizer")
 
 
 class StockTrainer(Trainer):
@@ -42,7 +56,15 @@ class StockTrainer(Trainer):
         tracker: Tracker | None = None,
         scheduler: SchedulerSettings | None = None,
     ):
-        super().__init__(config, model)
+        # RecBole's Trainer opens a TensorBoard writer under ./log_tensorboard of the working
+        # directory; the fork logs to MLflow, so the events go to RecBole's scratch folder.
+        make_writer = recbole_trainer.get_tensorboard
+        scratch = os.path.join(config["checkpoint_dir"], "log_tensorboard")
+        recbole_trainer.get_tensorboard = lambda _logger: SummaryWriter(scratch)
+        try:
+            super().__init__(config, model)
+        finally:
+            recbole_trainer.get_tensorboard = make_writer
         self.scheduler_settings = scheduler or SchedulerSettings.from_mapping(config["scheduler"])
         self.saved_model_file = str(checkpoint_path)
         Path(checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +72,7 @@ class StockTrainer(Trainer):
         self.lr_scheduler = None
         self._epoch_started = 0.0
         self._resume_state: dict | None = None
+        self._epoch = self.start_epoch
 
     def _init_scheduler(self, steps_per_epoch: int) -> None:
         total = max(1, self.epochs * steps_per_epoch)
@@ -57,9 +80,27 @@ class StockTrainer(Trainer):
         # saved states on top: the resumed run continues at the saved step's LR.
         self.lr_scheduler = build_scheduler(self.optimizer, self.scheduler_settings, total)
         if self._resume_state is not None:
+            fresh = param_group_settings(self.optimizer)
             self.optimizer.load_state_dict(self._resume_state["optimizer"])
-            if self._resume_state.get("scheduler"):
-                self.lr_scheduler.load_state_dict(self._resume_state["scheduler"])
+            saved = self._resume_state.get("scheduler")
+            changed = optimizer_changed(self._resume_state.get("config"), self.config.to_dict())
+            if saved and saved.get("total_steps", total) == total and not changed:
+                self.lr_scheduler.load_state_dict(saved)
+            elif saved:
+                # Other epochs or optimizer settings (--allow-change): this run's schedule
+                # and hyperparameters, moved on to the step reached.
+                for group, settings in zip(self.optimizer.param_groups, fresh, strict=True):
+                    group.update(settings)
+                done = int(saved.get("last_epoch", 0))
+                logger.warning(
+                    f"checkpoint {self.saved_model_file}: the LR schedule is re-planned with "
+                    f"this run's settings over {total} steps and goes on from step {done}"
+                )
+                with warnings.catch_warnings():
+                    # Stepping a schedule without optimizer steps warns; here it is meant.
+                    warnings.simplefilter("ignore", UserWarning)
+                    for _ in range(min(done, total)):
+                        self.lr_scheduler.step()
         # RecBole's loop calls optimizer.step() itself: step the schedule right after it.
         self.optimizer.register_step_post_hook(lambda *_: self.lr_scheduler.step())
 
@@ -73,10 +114,44 @@ class StockTrainer(Trainer):
         callback_fn=None,
     ):
         self._init_scheduler(len(train_data))
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        try:
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        except KeyboardInterrupt:
+            msg = (
+                f"interrupted during epoch {self._epoch}; the checkpoint {self._last_good()} "
+                "holds the best epoch so far; continue with the same command plus --resume"
+            )
+            logger.warning(msg)
+            print(msg)
+            raise
+
+    def _last_good(self) -> str:
+        path = Path(self.saved_model_file)
+        return str(path) if path.is_file() else "(none written yet)"
+
+    def _check_nan(self, loss) -> None:
+        if bool(loss.isfinite().all()):
+            return
+        value = float(loss.detach().sum())
+        if Path(self.saved_model_file).is_file():
+            hint = (
+                f"last good checkpoint: {self.saved_model_file} (resume from it with a lower "
+                "learning_rate or a clip_grad_norm: --resume --allow-change KEY --set KEY=...)"
+            )
+        else:
+            hint = "no checkpoint written yet: start again with a lower learning_rate"
+        raise TrainingDivergedError(f"loss is {value} at epoch {self._epoch}; {hint}")
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        # RecBole reloads the best model with a plain torch.load; read it as what it is.
+        if load_best_model:
+            ckpt = load_checkpoint(model_file or self.saved_model_file, map_location=self.device)
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.model.load_other_parameter(ckpt.get("other_parameter"))
+        return super().evaluate(eval_data, False, None, show_progress)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self._epoch = epoch_idx
+        self._epoch = epoch_idx  # also read by the NaN and Ctrl-C messages
         self._epoch_started = time.time()
         lr = self.optimizer.param_groups[0]["lr"]
         loss = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
@@ -107,17 +182,31 @@ class StockTrainer(Trainer):
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "mlflow_run_id": self.tracker.run_id if self.tracker else None,
+            "mlflow_tracking_uri": self.tracker.uri if self.tracker else None,
         }
         save_checkpoint(path, state)
         if verbose:
             self.logger.info(f"Saving current: {path}")
 
     def resume_checkpoint(self, resume_file):
+        """Restore a checkpoint ``_save_checkpoint`` wrote.
+
+        Raises:
+            CheckpointError: missing or unreadable, lacking a key, or of another model.
+        """
         ckpt = load_checkpoint(resume_file, map_location=self.device)
+        require_keys(ckpt, RESUME_KEYS, resume_file, "resuming")
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as e:
+            detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+            raise CheckpointError(
+                f"checkpoint {resume_file} does not fit this run's model and data "
+                f"({detail[:300]}); resume on the data it was trained on"
+            ) from None
         self.saved_model_file = str(resume_file)
         self.start_epoch = ckpt["epoch"] + 1
         self.cur_step = ckpt["cur_step"]
         self.best_valid_score = ckpt["best_valid_score"]
-        self.model.load_state_dict(ckpt["state_dict"])
         self.model.load_other_parameter(ckpt.get("other_parameter"))
         self._resume_state = ckpt  # optimizer and schedule are restored once fit() builds them

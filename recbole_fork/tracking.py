@@ -6,7 +6,13 @@ See the runs with ``mlflow ui --backend-store-uri sqlite:///mlruns.sqlite``.
 
 If the tracking server cannot be reached, at the start or in the middle of a run, training
 goes on: a warning says where the run is being written instead (a local sqlite file), and
-everything logged so far is replayed there, so nothing is lost.
+everything logged so far is replayed there, so nothing is lost. When that local file cannot
+be written either, a ``TrackingError`` says so in one line.
+
+A resumed training continues the MLflow run its checkpoint names. Where that run cannot be
+found (it was written to the fallback file while the server was down), the new run gets the
+params, a copy of the old run's metric history when its store can be read, and tags linking
+the two (``resumed_from_run_id``; ``continued_in_run_id`` on the old one).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from recbole_fork.errors import UserError
+
 # Fail over in seconds, not minutes: MLflow's default HTTP client retries 7 times with backoff.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -29,6 +37,19 @@ FALLBACK_URI = "sqlite:///mlruns-fallback.sqlite"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 logger = logging.getLogger(__name__)
+
+_WRITABLE_HINT = (
+    "start the tracking server, or pass --tracking-uri sqlite:///<a writable folder>/mlruns.sqlite"
+)
+
+
+class TrackingError(UserError):
+    """No tracking store can be reached or written (one line naming the stores and causes)."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
@@ -62,8 +83,36 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _check_reachable(uri: str, timeout: float = 3.0) -> None:
-    """Raise ConnectionError when an HTTP tracking server does not answer its health check."""
+def _reader(tracking_uri: str | None):
+    """An ``MlflowClient`` for reading ``tracking_uri`` (see ``resolve_tracking_uri``).
+
+    Raises:
+        TrackingError: an HTTP tracking server that does not answer.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        _check_reachable(uri, write=False)
+    except ConnectionError as e:
+        raise TrackingError(f"{e}; start it or pass --tracking-uri") from None
+    return MlflowClient(tracking_uri=uri)
+
+
+def _check_reachable(uri: str, timeout: float = 3.0, write: bool = True) -> None:
+    """Raise ConnectionError when an HTTP tracking server does not answer its health check,
+    or a sqlite store's file cannot be opened (``write``: for writing), which MLflow would
+    retry for about 100 s."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        db = Path(uri[len(prefix) :])
+        mode = os.R_OK | (os.W_OK if write else 0)
+        if db.exists() and not (db.is_file() and os.access(db, mode)):
+            raise ConnectionError(f"{db} is not a {'writable' if write else 'readable'} file")
+        folder = db.parent
+        if not db.exists() and not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise ConnectionError(f"{db} cannot be created: {folder} is not a writable folder")
+        return
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -80,9 +129,19 @@ class Tracker:
         experiment: experiment name (created if missing).
         run_name: the run's name (built from the hyperparameters by the caller).
         tracking_uri: see ``resolve_tracking_uri``.
-        run_id: continue this run (a resumed training) instead of starting a new one.
+        run_id: continue this run (a resumed training) instead of starting a new one; when
+            it is not found there, a new run is started and linked to it.
         tags: extra run tags.
         fallback_uri: where to write when ``tracking_uri`` cannot be reached.
+        previous_uri: the store ``run_id`` was written to (the checkpoint records it); its
+            metric history is copied into a new run that replaces it.
+
+    Attributes:
+        continued: True when this tracker continues the run ``run_id`` (which already holds
+            its params: ``log_params`` then adds only keys it lacks).
+
+    Raises:
+        TrackingError: neither ``tracking_uri`` nor the fallback store can be written.
     """
 
     def __init__(
@@ -93,6 +152,7 @@ class Tracker:
         run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
         fallback_uri: str | None = None,
+        previous_uri: str | None = None,
     ) -> None:
         self.experiment = experiment
         self.run_name = run_name
@@ -105,10 +165,16 @@ class Tracker:
         self._finished = False
         self.client = None
         self.run_id: str | None = None
+        self.requested_run_id = run_id
+        self.previous_uri = previous_uri
+        self.continued = False
+        self._params_logged: dict[str, str] = {}  # the run's params (MLflow never changes one)
         try:
             self._open(self.uri, run_id)
         except Exception as e:  # any failure to reach the store: fall back, keep training
             self._fall_back(e)
+        if run_id is not None and not self.continued:
+            self._adopt(run_id)
 
     # -- opening and falling back ------------------------------------------------------
 
@@ -117,33 +183,82 @@ class Tracker:
 
         _check_reachable(uri)
         client = MlflowClient(tracking_uri=uri)
+        params: dict[str, str] = {}
+        found = None
         if run_id is not None:
             try:
-                client.get_run(run_id)
-                client.update_run(run_id, status="RUNNING")
+                found = client.get_run(run_id)
             except Exception:
                 logger.warning(f"MLflow run {run_id} not found at {uri}; starting a new run")
-                run_id = None
-        if run_id is None:
+        if found is not None:
+            client.update_run(run_id, status="RUNNING")
+            params = dict(found.data.params)
+        else:
             exp_id = ensure_experiment(self.experiment, uri, client=client)
-            run = client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
-            run_id = run.info.run_id
+            run_id = client.create_run(exp_id, run_name=self.run_name, tags=self.tags).info.run_id
         self.client, self.run_id, self.uri = client, run_id, uri
+        self.continued, self._params_logged = found is not None, params
+
+    def _adopt(self, old_run_id: str) -> None:
+        """Link this new run to the run ``old_run_id`` it continues, and copy that run's
+        metric history here when its store (``previous_uri``) can be read."""
+        tags = {"resumed_from_run_id": old_run_id}
+        if self.previous_uri:
+            tags["resumed_from_tracking_uri"] = self.previous_uri
+        self.set_tags(tags)
+        if not self.previous_uri or self.previous_uri == self.uri:
+            return
+        from mlflow.tracking import MlflowClient
+
+        try:
+            _check_reachable(self.previous_uri)
+            old = MlflowClient(tracking_uri=self.previous_uri)
+            keys = sorted(old.get_run(old_run_id).data.metrics)
+            history = [
+                (m.key, m.value, m.timestamp, m.step)
+                for key in keys
+                for m in old.get_metric_history(old_run_id, key)
+            ]
+            old.set_tag(old_run_id, "continued_in_run_id", self.run_id)
+            old.set_tag(old_run_id, "continued_in_tracking_uri", self.uri)
+        except Exception as e:
+            logger.warning(
+                f"the history of MLflow run {old_run_id} at {self.previous_uri} could not be "
+                f"copied ({_first_line(e)}); it stays there, linked by tags"
+            )
+            return
+        self._record("history", history)
+        logger.info(
+            f"MLflow run {self.run_id} continues run {old_run_id} of {self.previous_uri}: "
+            f"{len(history)} metric values copied"
+        )
 
     def _fall_back(self, error: Exception) -> None:
+        """Go on in the fallback store: continue the requested run if it is there (a run
+        resumed while the server is still down), else a new one; replay the journal.
+
+        Raises:
+            TrackingError: the fallback store fails too.
+        """
         if self.uri == self.fallback_uri:
-            raise RuntimeError(
-                f"MLflow fallback store {self.fallback_uri} failed too: {error}"
+            raise TrackingError(
+                f"MLflow store {self.uri} failed ({_first_line(error)}); {_WRITABLE_HINT}"
             ) from error
         failed = self.uri
         logger.warning(
-            f"MLflow tracking at {failed} failed ({str(error).splitlines()[0][:200]}); "
+            f"MLflow tracking at {failed} failed ({_first_line(error)}); "
             f"writing this run to {self.fallback_uri} instead"
         )
-        self._open(self.fallback_uri, None)
-        self.client.set_tag(self.run_id, "fallback_from", failed)
-        for op, args in self._journal:
-            self._do(op, args)
+        try:
+            self._open(self.fallback_uri, self.requested_run_id)
+            self.client.set_tag(self.run_id, "fallback_from", failed)
+            for op, args in self._journal:
+                self._do(op, args)
+        except Exception as e:
+            raise TrackingError(
+                f"MLflow tracking at {failed} failed ({_first_line(error)}), and so did the "
+                f"local fallback store {self.fallback_uri} ({_first_line(e)}); {_WRITABLE_HINT}"
+            ) from e
 
     def _do(self, op: str, args: tuple) -> None:
         getattr(self, "_" + op)(*args)
@@ -160,9 +275,23 @@ class Tracker:
     def _params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in params.items()]
+        # MLflow refuses to change a logged param: a run keeps the values it was started
+        # with (a resumed run's deliberate changes are tags, see ``run.pre_train``).
+        kept = [k for k, v in params.items() if self._params_logged.get(k, v) != v]
+        if kept:
+            logger.info(f"MLflow run {self.run_id} keeps its logged value of params {kept[:10]}")
+        new = {k: v for k, v in params.items() if k not in self._params_logged}
+        items = [Param(k, v) for k, v in new.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit on params
             self.client.log_batch(self.run_id, params=items[i : i + 100])
+        self._params_logged.update(new)
+
+    def _history(self, history: list[tuple[str, float, int, int]]) -> None:
+        from mlflow.entities import Metric
+
+        items = [Metric(k, float(v), ts, step) for k, v, ts, step in history]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
     def _metrics(self, metrics: dict[str, float], step: int | None, timestamp: int) -> None:
         from mlflow.entities import Metric
@@ -184,7 +313,11 @@ class Tracker:
     # -- public API ---------------------------------------------------------------------
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log a (possibly nested) mapping of params, flattened with dotted names."""
+        """Log a (possibly nested) mapping of params, flattened with dotted names.
+
+        A param the run already holds keeps its first value (MLflow never changes one), so
+        a resumed run may log its params again: only the keys it lacks are added.
+        """
         self._record("params", flatten(params))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -228,10 +361,11 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.finish("FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("KILLED")
-        else:
-            self.finish("FAILED")
+            return
+        try:
+            self.finish("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        except TrackingError as e:  # the run's own error is the one to report
+            logger.warning(f"the MLflow run's status could not be set: {e}")
 
 
 def artifact_location(experiment: str, tracking_uri: str) -> str | None:
@@ -257,10 +391,9 @@ def ensure_experiment(experiment: str, tracking_uri: str | None = None, client: 
     (:func:`artifact_location`).
     """
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri)
-    client = client or MlflowClient(tracking_uri=uri)
+    client = client or _reader(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
@@ -284,10 +417,11 @@ def search_runs(
     """All runs of ``experiment`` as plain dicts: run_id, run_name, status, params, metrics, tags.
 
     Returns an empty list when the experiment does not exist.
-    """
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    Raises:
+        TrackingError: an HTTP tracking server that does not answer.
+    """
+    client = _reader(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
@@ -316,9 +450,7 @@ def metric_history(
     run_id: str, key: str, tracking_uri: str | None = None
 ) -> list[tuple[int, float]]:
     """``[(step, value), ...]`` of one metric of one run, sorted by step."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    client = _reader(tracking_uri)
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
@@ -329,9 +461,7 @@ def log_artifacts_to_run(
     artifact_path: str | None = None,
 ) -> None:
     """Attach files to an existing run (figures of a report, a screenshot)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    client = _reader(tracking_uri)
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path)
 

@@ -50,7 +50,7 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 from tqdm import tqdm
 
-from recbole_fork.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from recbole_fork.checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from recbole_fork.distributed import (
     SINGLE,
     DistEnv,
@@ -80,6 +80,15 @@ _SAMPLING_SEED = 404
 # Rank r of a data-parallel run adds r x this to every generator seed (rank 0: the
 # one-process seeds); larger than the offsets above, so no two streams of a run coincide.
 RANK_SEED = 1000
+# Config keys the optimizer's hyperparameters and the LR schedule are built from. A resume that
+# changes one (``--allow-change``) re-plans the schedule with this run's values, since the
+# saved optimizer and scheduler states would otherwise bring the old ones back.
+OPTIMIZER_KEYS = ("learner", "learning_rate", "weight_decay", "adam_betas", "scheduler")
+# What resuming a checkpoint reads.
+RESUME_KEYS = (
+    "format", "state", "model_state", "optimizer_state", "scheduler_state", "rng", "model",
+    "model_description",
+)  # fmt: skip
 
 
 class TrainingDivergedError(UserError):
@@ -193,6 +202,23 @@ class TrainState:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def optimizer_changed(saved: dict[str, Any] | None, now: dict[str, Any] | None) -> bool:
+    """True when the resolved configs ``saved`` and ``now`` differ in an ``OPTIMIZER_KEYS``
+    key (False when either is unknown)."""
+    if not saved or not now:
+        return False
+    return any(_as_list(saved.get(k)) != _as_list(now.get(k)) for k in OPTIMIZER_KEYS)
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def param_group_settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Each param group's hyperparameters (lr, betas, the schedule's max_lr, ...), no params."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+
 # ----- RNG capture and restore --------------------------------------------------------------
 
 
@@ -265,6 +291,9 @@ class SeqTrainer:
     Raises:
         DistributedError: a ``train_batch_size`` that the world size does not divide.
     """
+
+    # Said after Ctrl-C: how to go on from the last checkpoint.
+    resume_hint = "continue with the same command plus --resume"
 
     def __init__(
         self,
@@ -480,7 +509,8 @@ class SeqTrainer:
                     raise TrainingDivergedError(
                         f"loss is {value} at epoch {epoch}, batch {i}, optimizer step "
                         f"{self.state.global_step}; last good checkpoint: {self._last_good()} "
-                        "(resume from it with a lower learning_rate or a max_grad_norm)"
+                        "(resume from it with a lower learning_rate or a max_grad_norm: "
+                        "--resume --allow-change KEY --set KEY=...)"
                     )
                 (loss / group).backward()
             # What the step really ran (its trimmed width, the ids it embedded, its
@@ -630,6 +660,8 @@ class SeqTrainer:
             "model_description": self.model.describe(),
             "vocab": self.model.vocab() if hasattr(self.model, "vocab") else {},
             "mlflow_run_id": getattr(self.tracker, "run_id", None),
+            # Where that run lives: a resume after a tracking fallback links the runs.
+            "mlflow_tracking_uri": getattr(self.tracker, "uri", None),
             **self.checkpoint_extra(),
         }
 
@@ -654,18 +686,27 @@ class SeqTrainer:
         """Restore everything ``checkpoint`` saved, so training continues where it stopped.
 
         A checkpoint of another plan (other ``epochs``, or another world size, which changes
-        the steps per epoch) keeps the step count and re-plans the LR schedule over this
-        run's steps. Rank r > 0 of a data-parallel run takes its own streams from
+        the steps per epoch), or of other optimizer settings (``OPTIMIZER_KEYS``, a resume
+        with ``--allow-change``), keeps the step count, the Adam moments and the weights, and
+        re-plans the LR schedule with this run's settings over this run's steps. Rank r > 0 of a data-parallel run takes its own streams from
         ``rank_rng`` (or keeps its fresh ones when the world size changed).
 
         Raises:
-            CheckpointError: not a checkpoint of this trainer, or one of a different model.
+            CheckpointError: not a checkpoint of this trainer, one missing a key it needs, or
+                one of a different model or catalog.
         """
+        require_keys(ckpt, ["format"], self.checkpoint_path, "resuming")
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(
                 f"checkpoint {self.checkpoint_path} was not written by this version of "
                 f"SeqTrainer (format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT!r}); "
                 "start without --resume"
+            )
+        require_keys(ckpt, RESUME_KEYS, self.checkpoint_path, "resuming")
+        if ckpt["model"] != self.meta.get("model", ckpt["model"]):
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path} holds a {ckpt['model']}, but the config "
+                f"builds a {self.meta['model']}; use the run's own config to resume"
             )
         if ckpt["model_description"] != self.model.describe():
             raise CheckpointError(
@@ -674,12 +715,25 @@ class SeqTrainer:
             )
         own_rng = _rank_rng(self.sample_generator, self.device)
         planned_steps = self.state.total_steps
-        self.model.load_state_dict(ckpt["model_state"])
+        try:
+            self.model.load_state_dict(ckpt["model_state"])
+        except RuntimeError as e:  # another catalog: item tables of another size
+            detail = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path} does not fit this run's model and data "
+                f"({detail[:300]}); resume on the data it was trained on"
+            ) from None
+        fresh = param_group_settings(self.optimizer)
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         saved = TrainState.from_dict(ckpt["state"])
-        if saved.total_steps == planned_steps:
+        changed = optimizer_changed(ckpt.get("config"), self.meta.get("config"))
+        if saved.total_steps == planned_steps and not changed:
             self.scheduler.load_state_dict(ckpt["scheduler_state"])
         else:
+            # This run's learning rate, betas, weight decay and schedule bounds, not the
+            # saved ones the optimizer state just brought back.
+            for group, settings in zip(self.optimizer.param_groups, fresh, strict=True):
+                group.update(settings)
             self._replan_schedule(saved.total_steps, saved.global_step)
         restore_rng(ckpt["rng"], self.sample_generator)
         if self.dist.rank > 0:  # the top-level streams are rank 0's
@@ -694,8 +748,9 @@ class SeqTrainer:
     def _replan_schedule(self, saved_steps: int, done: int) -> None:
         """Move this run's fresh LR schedule to step ``done`` (of its own total)."""
         logger.warning(
-            "checkpoint %s planned %d optimizer steps, this run plans %d (epochs or world "
-            "size changed): the LR schedule is re-planned and goes on from step %d",
+            "checkpoint %s planned %d optimizer steps, this run plans %d (epochs, world size "
+            "or optimizer settings changed): the LR schedule is re-planned with this run's "
+            "settings and goes on from step %d",
             self.checkpoint_path,
             saved_steps,
             self.state.total_steps,
@@ -766,7 +821,7 @@ class SeqTrainer:
             held = f"epoch {done}" if done >= 0 else "no finished epoch"
             msg = (
                 f"interrupted during epoch {epoch}; the checkpoint {self._last_good()} holds "
-                f"{held}; continue with the same command plus --resume"
+                f"{held}; {self.resume_hint}"
             )
             logger.warning(msg)
             print(msg)

@@ -75,9 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             log_artifacts=not args.no_log,
             command=command,
         )
-    except UserError as e:
+    except UserError as e:  # a bad argument, mapping or store; an unreachable server
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"wrote {result.report} and {len(result.figures)} figure files")
     return 0
 

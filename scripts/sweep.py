@@ -2,7 +2,8 @@
 
 Every trial logs to one MLflow store, named by its hyperparameters. Started again, the
 sweep skips the trials MLflow lists as FINISHED and reruns the failed ones. Exit status 1
-when a trial failed (all the others still ran), 2 for a bad sweep file.
+when a trial failed (all the others still ran), 2 for a bad sweep file or an unreachable
+tracking server, 1 for an I/O error (named with its path).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from recbole_fork.errors import UserError
 from recbole_fork.scaling.sweep import SweepError, load_sweep, run_sweep
 
 
@@ -52,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             gpus_per_trial=args.gpus_per_trial,
             max_trials=args.max_trials,
         )
-    except SweepError as e:
+    except (SweepError, UserError) as e:  # a bad sweep file; an unreachable tracking server
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(result.summary())
     return 1 if result.failed else 0
 

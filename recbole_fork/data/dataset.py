@@ -17,9 +17,13 @@ interaction frame is turned into three flat arrays right after loading and then 
 from __future__ import annotations
 
 import gc
+import logging
 import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,10 +32,13 @@ from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType
 
 from recbole_fork import compat
+from recbole_fork.data.seq_data import DataError
 from recbole_fork.encoders import Catalog
 from recbole_fork.settings import ConfigError
 
 compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
+
+logger = logging.getLogger(__name__)
 
 
 class TokenIds(Mapping):
@@ -76,7 +83,7 @@ class SeqDataset(Dataset):
         config: a RecBole ``Config`` (or a mapping returning None for unknown keys).
 
     Raises:
-        ValueError: the time field holds values that are not finite numbers.
+        DataError: the time field holds values that are not finite numbers.
     """
 
     hist_items: np.ndarray
@@ -152,7 +159,11 @@ class SeqDataset(Dataset):
             if field not in self.field2id_token:
                 self.field2id_token[field] = mp
                 self.field2token_id[field] = token_id
-            ids = np.where(c >= 0, gid[np.maximum(c, 0) + off] + 1, 0)
+            # Missing tokens (code -1) get id 0. Indexing only the present ones: a column
+            # with no token at all (every item's text empty) has no uniques to index.
+            ids = np.zeros(len(c), dtype=np.int64)
+            present = c >= 0
+            ids[present] = gid[c[present] + off] + 1
             if lens is None:
                 feat[field] = ids
             else:
@@ -171,9 +182,10 @@ class SeqDataset(Dataset):
             ts = df[self.time_field].to_numpy(dtype=np.float64)
             if not np.isfinite(ts).all():
                 bad = int((~np.isfinite(ts)).sum())
-                raise ValueError(
-                    f"dataset {self.dataset_name!r}: {bad} values of time field "
-                    f"{self.time_field!r} are not numbers; fix the .inter file"
+                inter = Path(self.dataset_path) / f"{self.dataset_name}.inter"
+                raise DataError(
+                    f"{inter}: {bad} values of time field {self.time_field!r} are not finite "
+                    "numbers (NaN or infinite); fix or drop those lines"
                 )
         else:
             self.logger.warning(
@@ -264,7 +276,8 @@ def text_fields_from_dataset(
         (field -> int64 ``[n_items, T_f]`` or ``[n_items]``, field -> token strings).
 
     Raises:
-        ConfigError: the dataset has no item features, or a field is missing or not a token field.
+        ConfigError: the dataset has no item features, a field is missing or not a token
+            field, or every field is empty for every item.
     """
     name = getattr(dataset, "dataset_name", "dataset")
     if dataset.item_feat is None:
@@ -283,8 +296,150 @@ def text_fields_from_dataset(
             raise ConfigError(f"text field {field!r} of {name} must be a token or token_seq field")
         tokens[field] = dataset.item_feat[field].long()
         vocabs[field] = [str(s) for s in dataset.field2id_token[field]]
+    # A field whose vocabulary is the padding token alone is empty for every item (the ETL
+    # writes such a .item when a catalog has no metadata): the text encoder would see nothing.
+    empty = [field for field in fields if len(vocabs[field]) <= 1]
+    if empty and len(empty) == len(fields):
+        raise ConfigError(
+            f"text fields {empty} of {name} are empty for every item (no item metadata?), so "
+            "a text item encoder has nothing to read; use item_encoder: id"
+        )
+    if empty:
+        logger.warning("text fields %s of %s are empty for every item", empty, name)
     return tokens, vocabs
 
 
 def _item_fields(dataset) -> list[str]:
     return sorted(f for f, s in dataset.field2source.items() if s == FeatureSource.ITEM)
+
+
+# ----- one-line errors for unreadable atomic files ---------------------------------------------
+
+_FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+@contextmanager
+def atomic_file_errors(config: Any) -> Iterator[None]:
+    """Turn RecBole's and pandas' ``ValueError`` on reading a dataset into a one-line
+    ``DataError`` naming the file and line (a value that is not a number, a bad header, a
+    ``.inter`` with no rows, nothing left after filtering).
+
+    The files are scanned only after a load failed. An error the scan cannot pin on a file
+    is re-raised unchanged: it is a bug, and keeps its traceback.
+
+    Args:
+        config: the run's RecBole ``Config`` (``data_path`` is ``<data_path>/<dataset>``).
+    """
+    try:
+        yield
+    except ValueError as e:
+        if isinstance(e, DataError):
+            raise
+        problem = atomic_file_problem(config)
+        if problem is None and str(e).startswith("Some feat is empty"):
+            problem = (
+                f"dataset {config['dataset']!r}: no interactions left after loading and "
+                "filtering; check load_col, user_inter_num_interval, item_inter_num_interval "
+                "and val_interval"
+            )
+        if problem is None:
+            raise
+        raise DataError(problem) from e
+
+
+def atomic_file_problem(config: Any) -> str | None:
+    """The first problem found in the dataset's ``.inter``, ``.user`` and ``.item`` files,
+    as one line naming the file and line; None when they read fine.
+
+    Checks the header (``field:type`` columns of a known type), the UTF-8 (or
+    ``encoding``) text, the number of fields per line, the values of ``float`` and
+    ``float_seq`` columns that are loaded, and that the ``.inter`` holds a row.
+    """
+    folder = Path(config["data_path"])
+    name = str(config["dataset"])
+    load_col = config["load_col"]
+    unload_col = config["unload_col"] or {}
+    for suffix in ("inter", "user", "item"):
+        path = folder / f"{name}.{suffix}"
+        if not path.is_file() or (isinstance(load_col, Mapping) and suffix not in load_col):
+            continue
+        loaded = None
+        if isinstance(load_col, Mapping):
+            loaded = set(load_col[suffix])
+            if suffix == "inter":  # SeqDataset always loads them (see _get_load_and_unload_col)
+                loaded |= {config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]}
+        skipped = set(unload_col.get(suffix) or ()) if isinstance(unload_col, Mapping) else set()
+        problem = _file_problem(
+            path,
+            sep=config["field_separator"] or "\t",
+            seq_sep=config["seq_separator"] or " ",
+            encoding=config["encoding"] or "utf-8",
+            loaded=loaded,
+            skipped=skipped,
+            needs_rows=suffix == "inter",
+        )
+        if problem is not None:
+            return problem
+    return None
+
+
+def _file_problem(
+    path: Path,
+    *,
+    sep: str,
+    seq_sep: str,
+    encoding: str,
+    loaded: set[str] | None,
+    skipped: set[str],
+    needs_rows: bool,
+) -> str | None:
+    """One atomic file's first problem (see ``atomic_file_problem``), or None."""
+    columns: list[tuple[int, str, str]] = []  # (position, field, type) of numeric loaded columns
+    n_fields = 0
+    line_no = 0
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode(encoding).rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                return f"{path}, line {line_no}: not {encoding} text (byte {e.start} of the line)"
+            fields = line.split(sep)
+            if line_no == 1:
+                for i, column in enumerate(fields):
+                    field, _, ftype = column.partition(":")
+                    if ftype not in _FIELD_TYPES:
+                        return (
+                            f"{path}, line 1: header column {column!r} is not field:type with "
+                            f"a type of {list(_FIELD_TYPES)}"
+                        )
+                    wanted = (loaded is None or field in loaded) and field not in skipped
+                    if wanted and ftype.startswith("float"):
+                        columns.append((i, field, ftype))
+                n_fields = len(fields)
+                continue
+            if len(fields) > n_fields:
+                return (
+                    f"{path}, line {line_no}: {len(fields)} fields, but the header has {n_fields}"
+                )
+            for i, field, ftype in columns:
+                value = fields[i] if i < len(fields) else ""
+                pieces = value.split(seq_sep) if ftype == "float_seq" else [value]
+                for piece in pieces:
+                    if piece.strip() and not _is_number(piece):
+                        return (
+                            f"{path}, line {line_no}: field {field!r} ({ftype}) holds "
+                            f"{piece[:40]!r}, not a number"
+                        )
+    if line_no == 0:
+        return f"{path} is empty: not even a header line"
+    if needs_rows and line_no == 1:
+        return f"{path} holds no interactions, only its header line (a failed export?)"
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -450,12 +450,39 @@ def build_seq_data(config: Any, settings: DataSettings | None = None) -> SeqData
         DataError: missing ``.inter`` file, or a dataset with no user to evaluate or
             nothing to train on (the message names the dataset).
     """
-    from recbole_fork.data.dataset import SeqDataset
+    from recbole_fork.data.dataset import SeqDataset, atomic_file_errors
 
     settings = settings or DataSettings.from_mapping(config)
-    inter = Path(config["data_path"]) / f"{config['dataset']}.inter"
-    if not inter.is_file():
+    inter_file(config)
+    with atomic_file_errors(config):
+        dataset = SeqDataset(config)
+    return SeqData(dataset, settings)
+
+
+def inter_file(config: Any) -> Path:
+    """The ``.inter`` file of the config's dataset: ``<data_path>/<dataset>/<dataset>.inter``.
+
+    Checked before anything loads, for every model: RecBole would otherwise offer to download
+    a dataset it knows by name, or fail deep inside its loader.
+
+    Raises:
+        DataError: the data folder, the dataset's folder or its ``.inter`` file is missing.
+    """
+    name = str(config["dataset"])
+    folder = Path(config["data_path"])  # a resolved Config: <data_path>/<dataset>
+    inter = folder / f"{name}.inter"
+    if inter.is_file():
+        return inter
+    if not folder.parent.is_dir():
         raise DataError(
-            f"dataset {config['dataset']!r}: {inter} not found (check data_path and dataset)"
+            f"dataset {name!r} not found: data path {folder.parent} does not exist "
+            "(check --data-path or data_path)"
         )
-    return SeqData(SeqDataset(config), settings)
+    if not folder.is_dir():
+        found = sorted(d.name for d in folder.parent.iterdir() if (d / f"{d.name}.inter").is_file())
+        raise DataError(
+            f"dataset {name!r} not found: no folder {folder}; datasets under {folder.parent}: "
+            f"{found} (check the dataset name and --data-path)"
+        )
+    what = "is not a regular file" if inter.exists() else "not found"
+    raise DataError(f"dataset {name!r}: {inter} {what} (check data_path and dataset)")

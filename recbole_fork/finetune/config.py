@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from recbole_fork.checkpoint import CheckpointError, load_checkpoint
+from recbole_fork.checkpoint import CheckpointError, load_checkpoint, require_keys
 from recbole_fork.config import (
     PROPERTIES,
     ForkConfig,
@@ -30,6 +30,8 @@ from recbole_fork.trainer import WEIGHT_FORMATS
 # Keys of a model's defaults file that do not change the network's shape or function.
 _NOT_ARCHITECTURE = {"loss_type", "temperature", "hidden_dropout_prob", "attn_dropout_prob"}
 _ENCODER_KEYS = ("item_encoder", "text_fields", "text_embedding_size", "max_seq_length")
+# What fine-tuning reads from a pre-trained checkpoint.
+PRETRAINED_KEYS = ("config", "model", "model_description", "model_state")
 
 
 def architecture_keys(model: str) -> list[str]:
@@ -54,7 +56,8 @@ def read_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a pre-training checkpoint and check it is one ``SeqTrainer`` wrote.
 
     Raises:
-        CheckpointError: missing, unreadable, or not a fork model's training checkpoint.
+        CheckpointError: missing, unreadable, not a fork model's training checkpoint, or
+            lacking a key fine-tuning reads.
     """
     ckpt = load_checkpoint(path, map_location=map_location)
     if ckpt.get("format") not in WEIGHT_FORMATS or "config" not in ckpt:
@@ -62,6 +65,7 @@ def read_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} was not written by pre_train for a fork model "
             f"(format {ckpt.get('format')!r}); pass a checkpoint of scripts/pre_train.py"
         )
+    require_keys(ckpt, PRETRAINED_KEYS, path, "fine-tuning")
     return ckpt
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from recbole_fork.checkpoint import check_checkpoint_path, same_file
 from recbole_fork.finetune.config import check_dataset, read_pretrained
 from recbole_fork.finetune.ewc import EWCTrainer, build_ewc
 from recbole_fork.finetune.settings import STRATEGIES, FineTuneError
@@ -69,8 +70,9 @@ class FineTuneRecipe:
 
         Raises:
             FineTuneError: missing checkpoint argument, missing dataset (the datasets found
-                are listed), a stock RecBole model, too few epochs for the stages.
-            CheckpointError: missing or foreign checkpoint.
+                are listed), a stock RecBole model, too few epochs for the stages, the
+                output the pre-trained checkpoint itself.
+            CheckpointError: missing or foreign checkpoint; an output that cannot be written.
             ConfigError: the checkpoint holds another model than the config.
             TransferError: a checkpoint whose sizes do not fit the config.
         """
@@ -83,6 +85,12 @@ class FineTuneRecipe:
         model = str(config["model"])
         if not is_fork_model(model):
             raise FineTuneError(f"fine-tuning supports the fork's models, not RecBole's {model!r}")
+        check_checkpoint_path(self.checkpoint_path)
+        if self.pretrained is not None and same_file(self.checkpoint_path, self.pretrained):
+            raise FineTuneError(
+                f"the fine-tuned checkpoint {self.checkpoint_path} is the pre-trained one it "
+                "starts from; write it to another file"
+            )
         strategy = self.strategy or str(config["fine_tune_strategy"])
         check_choice("fine_tune_strategy", strategy, STRATEGIES)
         ckpt = None

@@ -143,6 +143,9 @@ class StagedTrainer(SeqTrainer):
         info: plain data stored in the checkpoint under ``fine_tune``.
     """
 
+    # Fine-tuning has no --resume: its checkpoint is the fine-tuned model, not a restart point.
+    resume_hint = "fine-tuning starts over: rerun the command with --overwrite"
+
     def __init__(
         self,
         model: nn.Module,

@@ -153,17 +153,28 @@ def project_root(path: Path) -> Path:
     return folder
 
 
+def _read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a syntax error is a SweepError naming file, line and column."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "?"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SweepError(f"{path}:{where}: YAML syntax error: {problem}") from None
+
+
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file.
 
     Raises:
-        SweepError: missing file, unknown or missing key, empty grid, bad budget, missing
-            base config.
+        SweepError: missing file, YAML syntax error, unknown or missing key, empty grid, bad
+            budget, missing base config.
     """
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"sweep file {path} not found; see confs/sweeps/ for examples")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = _read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: the top level must be a mapping of key: value")
     unknown = sorted(set(raw) - _SPEC_KEYS)
@@ -364,7 +375,7 @@ def expand_trials(spec: SweepSpec) -> list[Trial]:
         SweepError: a ``same_as_`` reference to an unknown key, a missing budget entry, or
             two trials with the same run name.
     """
-    base = yaml.safe_load(spec.base_config.read_text(encoding="utf-8")) or {}
+    base = _read_yaml(spec.base_config) or {}
     keys = list(spec.grid)
     budgets = spec.budget.get("flops", [None])
     name_keys = keys + list(spec.tune) + ([BUDGET_KEY] if "flops" in spec.budget else [])

@@ -339,7 +339,8 @@ def test_torchrun_two_processes_match_one_and_resume_in_one(tmp_path):
 
     # The DDP checkpoint resumed in one process, with one more epoch, in the same MLflow run.
     code = pre_train_main(["-c", str(config_file), "-o", str(ckpt), "--resume",
-                           "--set", "epochs=2", "--tracking-uri", uri])  # fmt: skip
+                           "--set", "epochs=2", "--allow-change", "epochs",
+                           "--tracking-uri", uri])  # fmt: skip
     assert code == 0
     resumed = load_checkpoint(ckpt)["state"]
     assert resumed["epoch_done"] == 1 and resumed["world_size"] == 1

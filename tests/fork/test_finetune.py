@@ -55,7 +55,9 @@ class _Tracker:
 
     last: _Tracker | None = None
 
-    def __init__(self, experiment, run_name, tracking_uri=None, run_id=None, tags=None) -> None:
+    def __init__(
+        self, experiment, run_name, tracking_uri=None, run_id=None, tags=None, previous_uri=None
+    ) -> None:
         self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
         self.run_id, self.uri = "run-1", "memory"
         self.params: dict = {}

@@ -280,7 +280,8 @@ def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
         train(config, ckpt)
     assert str(err.value) == (
         f"loss is nan at epoch 1, batch 1, optimizer step {per_epoch + 1}; last good checkpoint: "
-        f"{ckpt} (resume from it with a lower learning_rate or a max_grad_norm)"
+        f"{ckpt} (resume from it with a lower learning_rate or a max_grad_norm: "
+        "--resume --allow-change KEY --set KEY=...)"
     )
     assert load_checkpoint(ckpt)["state"]["epoch_done"] == 0
 
