@@ -103,6 +103,55 @@ class RecordingTracker:
         return next(m for m, s in self.metrics if s == step)
 
 
+class FakeTracker(RecordingTracker):
+    """Stands in for ``recbole_fork.tracking.Tracker`` in a whole run: its constructor (same
+    signature, checked by ``test_fake_tracker_signature_matches``) and context manager, and it
+    records params, metrics, dicts, artifacts and tags. ``FakeTracker.last`` is the newest."""
+
+    last: FakeTracker | None = None
+    uri = "memory"
+
+    def __init__(
+        self,
+        experiment,
+        run_name,
+        tracking_uri=None,
+        run_id=None,
+        tags=None,
+        fallback_uri=None,
+        previous_uri=None,
+    ) -> None:
+        super().__init__()
+        self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
+        self.dicts: dict[str, object] = {}
+        FakeTracker.last = self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def log_dict(self, obj, name) -> None:
+        self.dicts[name] = obj
+
+    def log_artifact(self, path, artifact_path=None) -> None:
+        self.dicts[str(path)] = "file"
+
+    def set_tags(self, tags) -> None:
+        self.tags.update(tags)
+
+
+@pytest.fixture
+def fake_tracker(monkeypatch) -> type[FakeTracker]:
+    """``recbole_fork.tracking.Tracker`` replaced by ``FakeTracker`` (no MLflow store)."""
+    import recbole_fork.tracking
+
+    FakeTracker.last = None
+    monkeypatch.setattr(recbole_fork.tracking, "Tracker", FakeTracker)
+    return FakeTracker
+
+
 # ----- the fork's configs, settings and tiny models (one helper each for every test module) -
 
 

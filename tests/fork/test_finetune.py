@@ -20,7 +20,7 @@ from recbole_fork.finetune import (
 from recbole_fork.naming import run_name
 from recbole_fork.session import train
 from recbole_fork.settings import RunSettings
-from tests.conftest import run_config, write_atomic_dataset
+from tests.conftest import FakeTracker, run_config, write_atomic_dataset
 
 ARCH = {
     "model": "SASRecX",
@@ -48,51 +48,6 @@ TABLES = ["item_encoder.tables.brand.weight", "item_encoder.tables.title.weight"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class _Tracker:
-    """Records what a run logs (stands in for recbole_fork.tracking.Tracker)."""
-
-    last: _Tracker | None = None
-
-    def __init__(
-        self, experiment, run_name, tracking_uri=None, run_id=None, tags=None, previous_uri=None
-    ) -> None:
-        self.experiment, self.run_name, self.tags = experiment, run_name, dict(tags or {})
-        self.run_id, self.uri = "run-1", "memory"
-        self.params: dict = {}
-        self.metrics: list[tuple[dict, int | None]] = []
-        self.dicts: dict[str, object] = {}
-        _Tracker.last = self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def log_params(self, params) -> None:
-        self.params.update(params)
-
-    def log_metrics(self, metrics, step=None) -> None:
-        self.metrics.append((dict(metrics), step))
-
-    def log_dict(self, obj, name) -> None:
-        self.dicts[name] = obj
-
-    def log_artifact(self, path, artifact_path=None) -> None:
-        self.dicts[str(path)] = "file"
-
-    def set_tags(self, tags) -> None:
-        self.tags.update(tags)
-
-
-@pytest.fixture
-def fake_tracker(monkeypatch) -> type[_Tracker]:
-    import recbole_fork.tracking
-
-    monkeypatch.setattr(recbole_fork.tracking, "Tracker", _Tracker)
-    return _Tracker
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +199,7 @@ def test_ewc_penalty_value_is_exact() -> None:
         {"weight": torch.tensor([[1.0, 2.0]])}, {"weight": torch.tensor([[1.0, 1.0]])}, lam=4.0
     )
     # 4 / 2 * (1 * (3 - 1)^2 + 2 * (-1 - 1)^2) = 2 * (4 + 8) = 24
-    assert float(penalty(lin)) == 24.0
+    assert float(penalty(lin).detach()) == 24.0
     penalty(lin).backward()
     # d/dw = lam * F * (w - w*) = 4 * [1 * 2, 2 * -2]
     assert lin.weight.grad.tolist() == [[8.0, -16.0]]

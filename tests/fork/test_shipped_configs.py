@@ -24,7 +24,7 @@ import yaml
 from recbole_fork.checkpoint import load_checkpoint
 from recbole_fork.cli import pre_train_main
 from recbole_fork.scaling.sweep import expand_trials, load_sweep
-from tests.conftest import RecordingTracker, write_atomic_dataset
+from tests.conftest import write_atomic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = {p.name: p for p in sorted((REPO / "confs" / "pre_train").glob("amazon-*.yaml"))}
@@ -68,43 +68,14 @@ STUDY_NON_EMBEDDING = {
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class _Tracker(RecordingTracker):
-    """A RecordingTracker with the constructor and context manager of ``tracking.Tracker``."""
-
-    uri = "memory"
-
-    def __init__(self, experiment, run_name, tracking_uri=None, run_id=None, tags=None) -> None:
-        super().__init__()
-        self.experiment, self.run_name = experiment, run_name
-        self.dicts: dict[str, object] = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def log_dict(self, obj, name) -> None:
-        self.dicts[name] = obj
-
-    def log_artifact(self, path, artifact_path=None) -> None:
-        self.dicts[str(path)] = "file"
-
-    def set_tags(self, tags) -> None:
-        self.dicts["tags"] = dict(tags)
-
-
 def test_the_five_pre_training_configs_are_shipped() -> None:
     assert sorted(PRETRAIN) == sorted(f"{d}.yaml" for d in DATASETS)
 
 
 @pytest.mark.parametrize("name", sorted(PRETRAIN))
 def test_pre_training_config_trains_two_steps_with_only_sizes_overridden(
-    name: str, tmp_path: Path, monkeypatch, capsys
+    name: str, tmp_path: Path, capsys, fake_tracker
 ) -> None:
-    import recbole_fork.tracking
-
-    monkeypatch.setattr(recbole_fork.tracking, "Tracker", _Tracker)
     path = PRETRAIN[name]
     settings = yaml.safe_load(path.read_text(encoding="utf-8"))
     data = write_atomic_dataset(

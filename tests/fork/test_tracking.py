@@ -160,3 +160,17 @@ def test_sqlite_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch)
     )
     assert (folder / t.run_id / "artifacts" / "conf.yaml").read_text() == "epochs: 1\n"
     assert not (work / "mlruns").exists()  # MLflow's default would write here
+
+
+def test_fake_tracker_signature_matches() -> None:
+    """The suite's ``FakeTracker`` takes what ``tracking.Tracker`` takes, so a new keyword on the
+    real constructor fails here, not in every test that trains through the fake."""
+    import inspect
+
+    from recbole_fork.tracking import Tracker
+    from tests.conftest import FakeTracker
+
+    real = inspect.signature(Tracker.__init__).parameters
+    fake = inspect.signature(FakeTracker.__init__).parameters
+    assert list(fake) == list(real)
+    assert [p.default for p in fake.values()] == [p.default for p in real.values()]

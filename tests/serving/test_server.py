@@ -424,42 +424,17 @@ def test_new_items_are_recommended_to_users_whose_history_their_text_matches(tmp
     assert (np.diag(share) >= 0.6).all(), share
 
 
-class _Tracker:
-    """Stands in for ``recbole_fork.tracking.Tracker`` (no MLflow store needed)."""
-
-    def __init__(self, experiment, run_name, tracking_uri=None, run_id=None, tags=None) -> None:
-        self.run_name, self.run_id, self.uri = run_name, "run-ft", "memory"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def log_params(self, params) -> None: ...
-
-    def log_metrics(self, metrics, step=None) -> None: ...
-
-    def log_dict(self, obj, name) -> None: ...
-
-    def log_artifact(self, path, artifact_path=None) -> None: ...
-
-    def set_tags(self, tags) -> None: ...
-
-
-def test_a_fine_tuned_text_model_serves_the_offline_lists(checkpoints, shop, tmp_path, monkeypatch):
+def test_a_fine_tuned_text_model_serves_the_offline_lists(checkpoints, shop, tmp_path, fake_tracker):
     """Fine-tuning re-encodes the new catalog's pieces into the pre-training vocabulary
     (``finetune.transfer``); the server keeps the model's own tables, checks them against the
     dataset re-encoded the same way, and ranks as the offline evaluator does."""
     import shutil
 
-    import recbole_fork.tracking
     from recbole_fork.finetune import fine_tune, fine_tune_config
 
     root = tmp_path / "data"
     shutil.copytree(shop[0] / "sentencepiece", root / "sentencepiece")
     write_shop_dataset(root, n_users=24, n_items=18, seed=3, name="shop2", prefix="q", extra=" zq")
-    monkeypatch.setattr(recbole_fork.tracking, "Tracker", _Tracker)
     pretrained = checkpoints["sasrec-text"]
     settings = {
         "fine_tune_strategy": "full", "data_path": str(root), "use_gpu": False,
