@@ -20,7 +20,7 @@ from recbole_fork.finetune import (
 from recbole_fork.naming import run_name
 from recbole_fork.session import train
 from recbole_fork.settings import RunSettings
-from tests.conftest import FakeTracker, run_config, write_atomic_dataset
+from tests.conftest import run_config, write_atomic_dataset
 
 ARCH = {
     "model": "SASRecX",
