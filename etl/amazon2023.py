@@ -41,6 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
 from etl.errors import EtlError
+from etl.raw_files import CATEGORIES_2023
 from etl.readers import (
     BAD_ID,
     BAD_RATING,
@@ -61,17 +62,7 @@ RELEASE = "2023"
 # a review at or after VALID_CUT_MS is valid, at or after TEST_CUT_MS test.
 VALID_CUT_MS = 1628643414042
 TEST_CUT_MS = 1658002729837
-CATEGORIES = (
-    "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive",
-    "Baby_Products", "Beauty_and_Personal_Care", "Books", "CDs_and_Vinyl",
-    "Cell_Phones_and_Accessories", "Clothing_Shoes_and_Jewelry", "Digital_Music",
-    "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food", "Handmade_Products",
-    "Health_and_Household", "Health_and_Personal_Care", "Home_and_Kitchen",
-    "Industrial_and_Scientific", "Kindle_Store", "Magazine_Subscriptions", "Movies_and_TV",
-    "Musical_Instruments", "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies",
-    "Software", "Sports_and_Outdoors", "Subscription_Boxes", "Tools_and_Home_Improvement",
-    "Toys_and_Games", "Unknown", "Video_Games",
-)  # fmt: skip
+CATEGORIES = CATEGORIES_2023
 KCORES = ("5core", "0core")
 SPLITS = ("last_out", "timestamp")
 SPLIT_FILES = ("train", "valid", "test")
@@ -461,9 +452,19 @@ def parse_benchmark_csv(
     )
 
 
+def parse_benchmark_plain(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
+    """`parse_benchmark_csv` of a file without history column."""
+    return parse_benchmark_csv(block, file_label, bad, history=False)
+
+
+def parse_benchmark_history(block: bytes, file_label: str, bad: BadRows) -> pa.Table:
+    """`parse_benchmark_csv` of a `_w_his` file."""
+    return parse_benchmark_csv(block, file_label, bad, history=True)
+
+
 def benchmark_parser(history: bool) -> Any:
-    """`parse_benchmark_csv` with `history` bound (picklable, for worker processes)."""
-    return partial(parse_benchmark_csv, history=history)
+    """The parser of a benchmark file with or without history (picklable)."""
+    return parse_benchmark_history if history else parse_benchmark_plain
 
 
 # ---------------------------------------------------------------------------- finding files

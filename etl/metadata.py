@@ -31,6 +31,10 @@ from etl.text import (
 )
 
 CATEGORY_COLUMNS = ("category_l1", "category_l2", "category_l3")
+# Optional long text of Amazon 2023 items (`--item-text features,description`): it trains
+# SentencePiece with the rest and is kept as its first EXTRA_PIECES pieces.
+EXTRA_TEXT_COLUMNS = ("features", "description")
+EXTRA_PIECES = 64
 
 
 def first_per_key(table: pa.Table, key: str) -> pa.Table:
@@ -60,6 +64,7 @@ def training_sentences(meta: pa.Table, max_items: int, seed: int) -> list[str]:
         chosen = np.sort(np.argsort(keys, kind="stable")[:max_items])
         meta = meta.take(pa.array(chosen))
     columns = ["title", "brand", *CATEGORY_COLUMNS]
+    columns += [c for c in EXTRA_TEXT_COLUMNS if c in meta.column_names]
     values = [meta.column(c).to_pylist() for c in columns]
     sentences = []
     for row in zip(*values):
@@ -107,10 +112,24 @@ def tokenize_table(meta: pa.Table, tokenizer: Tokenizer) -> pa.Table:
     }
     for c in CATEGORY_COLUMNS:
         out[c] = pa.array([clean_token(v) for v in meta.column(c).to_pylist()], pa.string())
+    for c in EXTRA_TEXT_COLUMNS:
+        if c in meta.column_names:
+            pieces = tokenizer.pieces(meta.column(c).to_pylist(), EXTRA_PIECES)
+            out[c] = pa.array(pieces, pa.string())
+    if "genres" in meta.column_names:  # MovieLens: '|'-separated -> one token per genre
+        genres = [genre_tokens(v) for v in meta.column("genres").to_pylist()]
+        out["genres"] = pa.array(genres, pa.string())
     if "order" in meta.column_names:
         out["order"] = meta.column("order")
     out["usable"] = pa.array([bool(t or b) for t, b in zip(title, brand)], pa.bool_())
     return pa.table(out)
+
+
+def genre_tokens(genres: str) -> str:
+    """MovieLens genres `Action|Sci-Fi|Film-Noir` as space-separated tokens (a token never
+    holds a space: one inside a genre becomes `_`)."""
+    tokens = (clean_token(g).replace(" ", "_") for g in genres.split("|"))
+    return " ".join(t for t in tokens if t)
 
 
 @dataclass(frozen=True)

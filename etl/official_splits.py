@@ -41,13 +41,13 @@ from etl.amazon2023 import (
     seconds_text,
 )
 from etl.atomic_files import INTER_HEADER, write_item
-from etl.engine import map_tasks
+from etl.engine import DEFAULT_ENGINE, Engine
 from etl.hashing import stable_hash64
 from etl.manifest import staging_dir
 from etl.partition import _parse, _Work, count_work, iter_work
 from etl.ratings import dedup_and_order
 from etl.readers import CHUNK_BYTES, BadRows
-from etl.scaling import lookup_items
+from etl.scaling import items_with_text, lookup_items
 
 PART_BYTES = 256 << 20  # input bytes per part (about 3.5M rows of a file without history)
 _WRITE_ROWS = 1 << 20
@@ -171,10 +171,7 @@ def build_one(
     *,
     part_bytes: int = PART_BYTES,
     chunk_bytes: int = CHUNK_BYTES,
-    workers: int = 1,
-    engine: str = "multiprocess",
-    ray_address: str | None = None,
-    progress: bool = True,
+    engine: Engine = DEFAULT_ENGINE,
 ) -> dict:
     """Write `out_dir/<bench.name>/` from one official split (see the module docstring).
 
@@ -194,7 +191,6 @@ def build_one(
     labels = [p.name for p in files]
     n_parts = parts_for(input_bytes(files), part_bytes)
     name = bench.name
-    engine_kw = {"workers": workers, "engine": engine, "ray_address": ray_address}
     bad = BadRows()
     work_dir.mkdir(parents=True, exist_ok=True)
     # Scratch parts are no output: a temporary folder (`.tmp`, so a killed run's is removed).
@@ -206,10 +202,9 @@ def build_one(
             _SplitTask(w, bench.history, labels.index(w.label), n_parts, str(scratch))
             for w in iter_work(files, chunk_bytes)
         )
-        results = map_tasks(
-            _split_task, tasks, desc=f"read {name}", progress=progress,
-            total=count_work(files, chunk_bytes), **engine_kw,
-        )  # fmt: skip
+        results = engine.map(
+            _split_task, tasks, desc=f"read {name}", total=count_work(files, chunk_bytes)
+        )
         rows_read = sum(n for n, _ in results)
         for _, b in results:
             bad.merge(b)
@@ -218,22 +213,11 @@ def build_one(
                       str(scratch / f"rows-{p:04d}.tsv"))
             for p in range(n_parts)
         ]  # fmt: skip
-        parts = map_tasks(
-            _part_task, part_tasks, desc=f"order {name}", progress=progress, **engine_kw
-        )
+        parts = engine.map(_part_task, part_tasks, desc=f"order {name}")
         items = pc.unique(pa.concat_arrays([r["items"] for r in parts]))
         items = items.take(pc.array_sort_indices(items))
-        known = lookup_items(items_path, items)
-        missing = pc.filter(items, pc.invert(pc.is_in(items, value_set=known.column("asin"))))
-        columns = ["asin", "title", "brand", "category_l1", "category_l2", "category_l3"]
-        empty = pa.table(
-            {
-                c: missing if c == "asin" else pa.array([""] * len(missing), pa.string())
-                for c in columns
-            }
-        )
-        item_table = pa.concat_tables([known.select(columns), empty])
-        item_table = item_table.take(pc.sort_indices(item_table, sort_keys=[("asin", "ascending")]))
+        item_table = items_with_text(items_path, items)
+        n_known = lookup_items(items_path, items).num_rows
         with staging_dir(out_dir / name) as final:
             with open(final / f"{name}.inter", "wb") as f:
                 f.write(("\t".join(INTER_HEADER) + "\n").encode())
@@ -264,7 +248,7 @@ def build_one(
         "duplicates": total["duplicates"],
         "split_mismatch": sum(r["split_mismatch"] for r in parts),
         "history_mismatch": sum(r["history_mismatch"] for r in parts),
-        "items_without_metadata": len(missing),
+        "items_without_metadata": len(items) - n_known,
         "bad_rows": bad.as_dict(),
     }
 

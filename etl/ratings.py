@@ -77,6 +77,7 @@ class _PoolTask:
     items_path: str
     excluded_users: pa.Array
     out_path: str
+    keep_all: bool = False  # MovieLens: only (user, item) duplicates go
 
 
 STAGES = (
@@ -95,6 +96,9 @@ def _pool_task(task: _PoolTask) -> list[tuple[int, int, np.ndarray]]:
     stages = [_stage(table)]
     table, _ = dedup_and_order(table)
     stages.append(_stage(table))
+    if task.keep_all:
+        pq.write_table(table, task.out_path)
+        return stages
     # Look up only this part's items, scanning items.parquet batch by batch: a worker never
     # holds the whole catalog (15M asins on the full data).
     part_items = pc.unique(table.column("item"))
@@ -123,12 +127,15 @@ def post_process_ratings(
     excluded_users: pa.Array,
     *,
     engine: Engine = DEFAULT_ENGINE,
+    keep_all: bool = False,
 ) -> dict:
     """Build the pre-training pool `work_dir/pool/part-*.parquet` from the ratings parts.
 
     Args:
         work_dir: holds `ratings/part-*` (partition step) and `items.parquet` (tokenise step).
         excluded_users: reviewerIDs of the fine-tuning 5-core files (string array).
+        keep_all: keep every rating but a repeated (user, item) pair's later ones, with or
+            without item text (MovieLens); else the Amazon filters of the module docstring.
 
     Returns:
         summary dict with `counts`: rows, users and items after every filter.
@@ -141,6 +148,7 @@ def post_process_ratings(
                 str(work_dir / "items.parquet"),
                 excluded_users,
                 str(tmp / f"{d.name}.parquet"),
+                keep_all,
             )
             for d in part_dirs
         ]
@@ -150,7 +158,7 @@ def post_process_ratings(
             desc="post-process ratings",
         )
     counts = []
-    for i, stage in enumerate(STAGES):
+    for i, stage in enumerate(STAGES[:2] if keep_all else STAGES):
         rows = sum(r[i][0] for r in results)
         users = sum(r[i][1] for r in results)  # users never span parts
         items = len(np.unique(np.concatenate([r[i][2] for r in results]))) if results else 0

@@ -121,23 +121,53 @@ def build_scaling_datasets(
     *,
     seed: int,
     engine: Engine = DEFAULT_ENGINE,
+    prefix: str = "amazon",
+    millis: bool = False,
+    whole: str | None = None,
+    skip_too_big: bool = False,
 ) -> dict:
-    """Write `out_dir/amazon-<size>/amazon-<size>.{inter,item}` for every size.
+    """Write `out_dir/<prefix>-<size>/<prefix>-<size>.{inter,item}` for every size.
+
+    Args:
+        prefix: dataset name prefix (`amazon`, `amazon2023`, `ml-1m`, ...).
+        millis: the pool's timestamps are milliseconds (Amazon 2023): written as seconds
+            with three decimals.
+        whole: also write the whole pool (every user, in the same order) under this name.
+        skip_too_big: a size above the pool's interactions is skipped and listed in the
+            summary (`skipped_sizes`) instead of failing the step.
 
     Returns:
-        summary dict with `counts` (users, items, interactions per dataset) and `datasets`.
+        summary dict with `counts` (users, items, interactions per dataset), `datasets` and
+        `skipped_sizes`.
 
     Raises:
-        EtlError: a size exceeds the pool.
+        EtlError: a size exceeds the pool (unless `skip_too_big`).
     """
     sizes = sorted(set(sizes))
-    if not sizes:
+    if not sizes and whole is None:
         raise ValueError("no dataset size given; pass --sizes such as 100K,1M")
     parts = sorted((work_dir / "pool").glob("part-*.parquet"))
     per_part = engine.map(_user_counts_task, [str(p) for p in parts], desc="count users")
     users = pa.concat_arrays([u for u, _ in per_part]) if per_part else pa.array([], pa.string())
     counts = np.concatenate([c for _, c in per_part]) if per_part else np.zeros(0, np.int64)
     part_of_user = np.repeat(np.arange(len(per_part)), [len(c) for _, c in per_part])
+    total = int(counts.sum())
+    skipped = []
+    if skip_too_big:
+        skipped = [
+            {"dataset": f"{prefix}-{size_label(s)}", "size": s, "pool_interactions": total}
+            for s in sizes
+            if s > total
+        ]
+        sizes = [s for s in sizes if s <= total]
+    names = [f"{prefix}-{size_label(s)}" for s in sizes]
+    if whole is not None:
+        if total == 0:
+            raise EtlError(f"no interaction left to write {whole}; check the raw files")
+        sizes.append(total)  # every user: the largest set, so the others are its prefixes
+        names.append(whole)
+    if not sizes:
+        return {"counts": [], "datasets": [], "skipped_sizes": skipped}
     perm, n_users = choose_users(users, counts, sizes, seed)
     selected = perm[: n_users[-1]]  # the largest set; smaller ones are its prefixes
     rank = np.empty(len(users), dtype=np.int64)
@@ -162,12 +192,11 @@ def build_scaling_datasets(
     table = table.take(pa.array(order))
     row_ends = np.cumsum(counts[selected])  # rows of the first k users = row_ends[k-1]
     summary_counts, datasets = [], []
-    for size, n in zip(sizes, n_users):
-        name = f"amazon-{size_label(size)}"
+    for name, n in zip(names, n_users):
         inter = table.slice(0, int(row_ends[n - 1]))
-        items = lookup_items(work_dir / "items.parquet", pc.unique(inter.column("item")))
+        items = items_with_text(work_dir / "items.parquet", pc.unique(inter.column("item")))
         with staging_dir(out_dir / name) as tmp:
-            write_inter(tmp / f"{name}.inter", inter)
+            write_inter(tmp / f"{name}.inter", inter, millis=millis)
             write_item(tmp / f"{name}.item", items)
         summary_counts.append(
             {
@@ -178,4 +207,21 @@ def build_scaling_datasets(
             }
         )
         datasets.append(name)
-    return {"counts": summary_counts, "datasets": datasets}
+    return {"counts": summary_counts, "datasets": datasets, "skipped_sizes": skipped}
+
+
+def items_with_text(items_path: Path, asins: pa.Array) -> pa.Table:
+    """`lookup_items`, plus a row of empty text for each asin that `items.parquet` lacks
+    (none in an Amazon pool, whose items all have text; a MovieLens movie may have none)."""
+    known = lookup_items(items_path, asins)
+    missing = pc.filter(asins, pc.invert(pc.is_in(asins, value_set=known.column("asin"))))
+    if not len(missing):
+        return known
+    empty = {
+        f.name: missing
+        if f.name == "asin"
+        else pa.nulls(len(missing), f.type).fill_null(False if f.type == pa.bool_() else "")
+        for f in known.schema
+    }
+    table = pa.concat_tables([known, pa.table(empty, schema=known.schema)])
+    return table.take(pc.sort_indices(table, sort_keys=[("asin", "ascending")]))

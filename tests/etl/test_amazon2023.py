@@ -25,9 +25,12 @@ from etl.amazon2023 import (
     review_files,
     seconds_text,
 )
+from etl.engine import Engine
 from etl.errors import EtlError
 from etl.official_splits import build_benchmark_datasets
 from etl.readers import BadRows
+
+QUIET = Engine(progress=False)
 
 REVIEW = {
     "rating": 5.0,
@@ -279,7 +282,7 @@ def test_official_split_becomes_one_dataset(tmp_path: Path, split: str, history:
     assert [(s.name, s.history) for s in sets] == [(f"amazon2023-Toy-5core-{split}", history)]
     out = tmp_path / "out"
     summary = build_benchmark_datasets(
-        sets, write_items(tmp_path / "items.parquet"), out, tmp_path / "work", progress=False
+        sets, write_items(tmp_path / "items.parquet"), out, tmp_path / "work", engine=QUIET
     )
     name = f"amazon2023-Toy-5core-{split}"
     assert (out / name / f"{name}.inter").read_text() == EXPECTED_INTER
@@ -335,7 +338,7 @@ def test_wrong_history_is_reported_not_dropped(tmp_path: Path) -> None:
     test.write_bytes(gzip.compress(text, mtime=0))
     summary = build_benchmark_datasets(
         find_benchmark_sets(raw), write_items(tmp_path / "i.parquet"), tmp_path / "out",
-        tmp_path / "work", progress=False,
+        tmp_path / "work", engine=QUIET,
     )  # fmt: skip
     assert summary["checks"]["amazon2023-Toy-5core-last_out"]["history_mismatch"] == 1
     assert summary["counts"][-1]["interactions"] == 9
@@ -350,7 +353,7 @@ def test_duplicate_pair_is_skipped_and_counted(tmp_path: Path) -> None:
     out = tmp_path / "out"
     summary = build_benchmark_datasets(
         find_benchmark_sets(raw), write_items(tmp_path / "i.parquet"), out, tmp_path / "w",
-        progress=False,
+        engine=QUIET,
     )  # fmt: skip
     name = "amazon2023-Toy-5core-timestamp"
     assert summary["bad_rows"] == {name: {"duplicate": 1}}
@@ -366,8 +369,8 @@ def test_parts_and_workers_give_the_same_bytes(tmp_path: Path) -> None:
     for k, (part_bytes, workers) in enumerate([(1 << 30, 1), (40, 2)]):
         out = tmp_path / f"out{k}"
         summary = build_benchmark_datasets(
-            sets, items, out, tmp_path / "w", part_bytes=part_bytes, workers=workers,
-            chunk_bytes=64, progress=False,
+            sets, items, out, tmp_path / "w", part_bytes=part_bytes, chunk_bytes=64,
+            engine=Engine(workers=workers, progress=False),
         )  # fmt: skip
         digests.append((out / sets[0].name / f"{sets[0].name}.inter").read_bytes())
         parts = summary["checks"][sets[0].name]["parts"]
