@@ -14,14 +14,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_amazon2023 import EXPECTED_INTER, write_official  # tests/etl is on sys.path
 
 from etl.cli import main
 from etl.engine import Engine
 from etl.errors import EtlError
 from etl.pipeline import STEPS, EtlOptions, run_pipeline
 from etl.synthetic_formats import generate_amazon2023, generate_movielens
-
-from test_amazon2023 import EXPECTED_INTER, write_official  # tests/etl is on sys.path
 
 QUIET = Engine(progress=False)
 
