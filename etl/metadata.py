@@ -53,6 +53,33 @@ def load_metadata(work_dir: Path) -> pa.Table:
     return first_per_key(pa.concat_tables([pq.read_table(f) for f in files]), "asin")
 
 
+def load_metadata_sample(work_dir: Path, max_items: int, seed: int) -> tuple[pa.Table, int]:
+    """The records `training_sentences` keeps, read without holding the whole catalog.
+
+    Equal to `load_metadata` followed by the seeded choice of `training_sentences`: a first
+    pass reads only the asins and finds the `max_items`-th smallest seeded key among them; the
+    second keeps the rows at or below it (all the records of the chosen asins), so memory
+    follows `max_items`, not the catalog (15M records on the full 2018 data).
+
+    Returns:
+        (the chosen records, de-duplicated by asin, in input order; the number of distinct
+        asins, counted as distinct 64-bit keys).
+    """
+    files = sorted((work_dir / "meta").glob("chunk-*.parquet"))
+    keys = [sample_keys(pq.read_table(f, columns=["asin"]).column("asin"), seed) for f in files]
+    distinct = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+    if not len(distinct):
+        return load_metadata(work_dir), 0
+    threshold = distinct[min(max_items, len(distinct)) - 1]
+    tables = []
+    for f, k in zip(files, keys):
+        table = pq.read_table(f)
+        tables.append(table.filter(pa.array(k <= threshold)))
+    # More than `max_items` only if distinct asins share the threshold key: the choice of
+    # `training_sentences` then applies, as it did to the whole catalog.
+    return first_per_key(pa.concat_tables(tables), "asin"), len(distinct)
+
+
 def training_sentences(meta: pa.Table, max_items: int, seed: int) -> list[str]:
     """Normalised title, brand and category sentences of up to `max_items` items, in input order.
 
@@ -83,7 +110,7 @@ def train_sentence_piece(
     Returns:
         summary dict: items and sentences used, vocabulary size reached.
     """
-    meta = load_metadata(work_dir)
+    meta, n_items = load_metadata_sample(work_dir, max_items, seed)
     sentences = training_sentences(meta, max_items, seed)
     train_sentencepiece(sentences, model_path, vocab_size=vocab_size)
     vocab = Tokenizer(model_path).processor.get_piece_size()
@@ -92,7 +119,7 @@ def train_sentence_piece(
             {
                 "stage": "metadata items (distinct asins)",
                 "users": None,
-                "items": meta.num_rows,
+                "items": n_items,
                 "interactions": None,
             }
         ],

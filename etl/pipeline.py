@@ -18,6 +18,9 @@ splits outside Amazon 2023) runs empty and says so in its manifest.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -362,6 +365,17 @@ def _check_prerequisites(step: str, o: EtlOptions) -> None:
             )
 
 
+def _release_memory() -> None:
+    """Hand memory the finished step freed back to the system: the steps run one after the
+    other in this process, and the allocators otherwise keep every step's peak for the next
+    (measured: 2.3 GiB still held after the 20M-row build, see BENCHMARKS.md)."""
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        # numpy and Python buffers (glibc); another C library has nothing to trim.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def run_step(step: str, options: EtlOptions) -> StepResult:
     """Run one step unless its manifest shows it is fresh (or `options.force`).
 
@@ -384,6 +398,7 @@ def run_step(step: str, options: EtlOptions) -> StepResult:
         return StepResult(step, "skipped", load_manifest(out, step) or {})
     start = time.perf_counter()
     summary = spec.run(options)
+    _release_memory()
     seconds = time.perf_counter() - start
     summary["seconds"] = round(seconds, 3)
     outputs = [p for p in spec.outputs(options) if p.exists()]

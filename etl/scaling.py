@@ -84,11 +84,47 @@ def choose_users(
     return perm, n_users
 
 
-def _user_counts_task(path: str) -> tuple[pa.Array, np.ndarray]:
+# Users are first counted in KEY_BUCKETS ranges of their sampling key (the top bits), so that
+# the parent only ever holds the users of the buckets the largest dataset reaches into: its
+# memory follows the dataset sizes, not the pool (whose users all fit in memory no longer).
+KEY_BUCKET_BITS = 16
+
+
+def _part_users(path: str, seed: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(distinct users [U], their interaction counts int64 [U], key buckets int64 [U])."""
     users = pq.read_table(path, columns=["user"]).column("user").combine_chunks()
     encoded = pc.dictionary_encode(users)
     counts = np.bincount(encoded.indices.to_numpy(), minlength=len(encoded.dictionary))
-    return encoded.dictionary, counts.astype(np.int64)
+    buckets = (sample_keys(encoded.dictionary, seed) >> np.uint64(64 - KEY_BUCKET_BITS)).astype(
+        np.int64
+    )
+    return encoded.dictionary, counts.astype(np.int64), buckets
+
+
+@dataclass(frozen=True)
+class _CountTask:
+    path: str
+    seed: int
+
+
+def _bucket_counts_task(task: _CountTask) -> np.ndarray:
+    """Interactions per key bucket of one pool part: int64 [2**KEY_BUCKET_BITS]."""
+    _, counts, buckets = _part_users(task.path, task.seed)
+    return np.bincount(buckets, weights=counts, minlength=1 << KEY_BUCKET_BITS).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _CandidateTask:
+    path: str
+    seed: int
+    last_bucket: int
+
+
+def _candidates_task(task: _CandidateTask) -> tuple[pa.Array, np.ndarray]:
+    """The part's users whose key bucket is at most `last_bucket`, and their counts."""
+    users, counts, buckets = _part_users(task.path, task.seed)
+    keep = np.flatnonzero(buckets <= task.last_bucket)
+    return users.take(pa.array(keep)), counts[keep]
 
 
 @dataclass(frozen=True)
@@ -147,11 +183,11 @@ def build_scaling_datasets(
     if not sizes and whole is None:
         raise ValueError("no dataset size given; pass --sizes such as 100K,1M")
     parts = sorted((work_dir / "pool").glob("part-*.parquet"))
-    per_part = engine.map(_user_counts_task, [str(p) for p in parts], desc="count users")
-    users = pa.concat_arrays([u for u, _ in per_part]) if per_part else pa.array([], pa.string())
-    counts = np.concatenate([c for _, c in per_part]) if per_part else np.zeros(0, np.int64)
-    part_of_user = np.repeat(np.arange(len(per_part)), [len(c) for _, c in per_part])
-    total = int(counts.sum())
+    histograms = engine.map(
+        _bucket_counts_task, [_CountTask(str(p), seed) for p in parts], desc="count users"
+    )
+    per_bucket = np.sum(histograms, axis=0) if histograms else np.zeros(1, np.int64)
+    total = int(per_bucket.sum())
     skipped = []
     if skip_too_big:
         skipped = [
@@ -160,6 +196,12 @@ def build_scaling_datasets(
             if s > total
         ]
         sizes = [s for s in sizes if s <= total]
+    too_big = [s for s in sizes if s > total]
+    if too_big:
+        raise EtlError(
+            f"dataset size {size_label(too_big[0])} exceeds the pre-training pool of {total} "
+            "interactions; pass smaller --sizes"
+        )
     names = [f"{prefix}-{size_label(s)}" for s in sizes]
     if whole is not None:
         if total == 0:
@@ -168,6 +210,17 @@ def build_scaling_datasets(
         names.append(whole)
     if not sizes:
         return {"counts": [], "datasets": [], "skipped_sizes": skipped}
+    # The users in key order up to the largest size lie in the buckets up to the first one
+    # where the interactions counted so far reach that size.
+    last_bucket = int(np.searchsorted(np.cumsum(per_bucket), sizes[-1], side="left"))
+    per_part = engine.map(
+        _candidates_task,
+        [_CandidateTask(str(p), seed, last_bucket) for p in parts],
+        desc="choose users",
+    )
+    users = pa.concat_arrays([u for u, _ in per_part]) if per_part else pa.array([], pa.string())
+    counts = np.concatenate([c for _, c in per_part]) if per_part else np.zeros(0, np.int64)
+    part_of_user = np.repeat(np.arange(len(per_part)), [len(c) for _, c in per_part])
     perm, n_users = choose_users(users, counts, sizes, seed)
     selected = perm[: n_users[-1]]  # the largest set; smaller ones are its prefixes
     rank = np.empty(len(users), dtype=np.int64)
