@@ -8,6 +8,7 @@ dropped from pre-training; fine-tuning sets look for other text instead.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl.engine import DEFAULT_ENGINE, Engine
-from etl.hashing import sample_keys
+from etl.hashing import sample_keys, stable_hash64
 from etl.manifest import write_parquet_atomic
 from etl.text import (
     BRAND_PIECES,
@@ -163,12 +164,26 @@ def genre_tokens(genres: str) -> str:
 class _TokenizeTask:
     in_path: str
     model_path: str
-    out_path: str
+    out_dir: str
+    buckets: int
+
+
+# Records per bucket of the final de-duplication: the parent holds one bucket at a time, so
+# its memory follows this, not the catalog (15M records on the full 2018 data).
+RECORDS_PER_BUCKET = 4_000_000
 
 
 def _tokenize_task(task: _TokenizeTask) -> int:
     table = tokenize_table(pq.read_table(task.in_path), Tokenizer(Path(task.model_path)))
-    pq.write_table(table, task.out_path)
+    name = Path(task.in_path).name
+    if task.buckets == 1:
+        pq.write_table(table, Path(task.out_dir) / "bucket-0000" / name)
+        return table.num_rows
+    # All records of an asin land in one bucket (by a stable hash of the asin).
+    bucket = (stable_hash64(table.column("asin")) % np.uint64(task.buckets)).astype(np.int64)
+    for b in np.unique(bucket).tolist():
+        rows = table.filter(pa.array(bucket == b))
+        pq.write_table(rows, Path(task.out_dir) / f"bucket-{b:04d}" / name)
     return table.num_rows
 
 
@@ -180,32 +195,53 @@ def tokenize_metadata(
 ) -> dict:
     """Tokenise every metadata chunk in parallel, then write `work_dir/items.parquet`.
 
+    One row per asin (its first record). Up to RECORDS_PER_BUCKET records the file is sorted
+    by asin; above, the records are split into buckets by a hash of the asin, each bucket
+    de-duplicated and sorted on its own and appended (readers look asins up by value, so
+    the order between buckets does not matter to them).
+
     Returns:
         summary dict with `counts`: distinct items, usable items.
     """
     files = sorted((work_dir / "meta").glob("chunk-*.parquet"))
+    records = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    buckets = max(1, -(-records // RECORDS_PER_BUCKET))
+    n_items = usable = 0
+    out = work_dir / "items.parquet"
     with tempfile.TemporaryDirectory(prefix=".tokenized.", suffix=".tmp", dir=work_dir) as tmp_name:
         tmp = Path(tmp_name)
-        tasks = [_TokenizeTask(str(f), str(model_path), str(tmp / f.name)) for f in files]
-        engine.map(
-            _tokenize_task,
-            tasks,
-            desc="tokenize metadata",
-        )
-        table = first_per_key(
-            pa.concat_tables([pq.read_table(tmp / f.name) for f in files]), "asin"
-        )
-    table = table.take(pc.sort_indices(table, sort_keys=[("asin", "ascending")])).drop_columns(
-        ["order"]
-    )
-    write_parquet_atomic(table, work_dir / "items.parquet")
-    usable = int(pc.sum(table.column("usable")).as_py() or 0)
+        for b in range(buckets):
+            (tmp / f"bucket-{b:04d}").mkdir()
+        tasks = [_TokenizeTask(str(f), str(model_path), str(tmp), buckets) for f in files]
+        engine.map(_tokenize_task, tasks, desc="tokenize metadata")
+        staged = tmp / "items.parquet"
+        writer = None
+        try:
+            for b in range(buckets):
+                parts = sorted((tmp / f"bucket-{b:04d}").glob("chunk-*.parquet"))
+                if not parts:
+                    continue
+                table = first_per_key(pa.concat_tables([pq.read_table(p) for p in parts]), "asin")
+                table = table.take(pc.sort_indices(table, sort_keys=[("asin", "ascending")]))
+                table = table.drop_columns(["order"])
+                n_items += table.num_rows
+                usable += int(pc.sum(table.column("usable")).as_py() or 0)
+                if writer is None:
+                    writer = pq.ParquetWriter(staged, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:  # no metadata record at all: an empty table of the same columns
+            write_parquet_atomic(_empty_items(), out)
+        else:
+            os.replace(staged, out)
     return {
         "counts": [
             {
                 "stage": "metadata items (distinct asins)",
                 "users": None,
-                "items": table.num_rows,
+                "items": n_items,
                 "interactions": None,
             },
             {
@@ -216,3 +252,9 @@ def tokenize_metadata(
             },
         ]
     }
+
+
+def _empty_items() -> pa.Table:
+    columns = ["asin", "title", "brand", *CATEGORY_COLUMNS]
+    table = pa.table({c: pa.array([], pa.string()) for c in columns})
+    return table.append_column("usable", pa.array([], pa.bool_()))
