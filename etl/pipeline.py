@@ -54,6 +54,7 @@ from etl.scaling import build_scaling_datasets, size_label
 from etl.sources import (
     FileSet,
     SourceSpec,
+    check_2018_inputs,
     metadata_files,
     missing_inputs_message,
     ratings_files,
@@ -182,6 +183,7 @@ def partition_count(o: EtlOptions) -> int:
 def _run_partition(o: EtlOptions) -> dict:
     n_parts = partition_count(o)
     if _is_2018(o):
+        check_2018_inputs(o.raw_dir)
         summary = partition_big_files(
             o.raw_dir, o.work_dir, n_parts=n_parts, chunk_bytes=o.chunk_bytes, engine=o.engine
         )

@@ -26,6 +26,7 @@ from etl.errors import EtlError
 from etl.partition import _Work, count_work, iter_work, metadata_sources, ratings_sources
 from etl.raw_files import the_file
 from etl.readers import Parser, parse_meta_2018_lines, parse_ratings_csv, parse_review_lines
+from etl.sniff import expect_format
 
 SOURCES = ("amazon", "movielens")
 AMAZON_RELEASES = ("2018", "2023")
@@ -165,3 +166,32 @@ def missing_inputs_message(spec: SourceSpec, raw_dir: Path, what: str) -> str:
         f"no 2018 metadata in {raw_dir}: place {the_file('metadata', 'amazon-2018').name} (or "
         "meta_<Category>.json.gz) there, or run --step download_raw_files"
     )
+
+
+def check_2018_inputs(raw_dir: Path) -> None:
+    """Name a file of another release among the Amazon 2018 inputs before any is parsed.
+
+    Raises:
+        EtlError: a 2018 ratings or metadata file holds another format, or RAW has no 2018
+            ratings but another source's files (the message says which flag reads them).
+    """
+    hint = "move it out of RAW, or pass the --source / --release it belongs to"
+    _, ratings = ratings_sources(raw_dir)
+    for path in ratings:
+        expect_format(path, ("amazon2018-ratings", "amazon2018-reviews"), hint)
+    for path in metadata_sources(raw_dir):
+        expect_format(path, ("amazon2018-meta",), hint)
+    if ratings:
+        return
+    others = [p.name for p in sorted(raw_dir.glob("*.jsonl*")) if not p.name.startswith("meta_")]
+    if others:
+        raise EtlError(
+            f"{raw_dir} holds Amazon 2023 reviews ({others[0]}) but no 2018 ratings; pass "
+            "--release 2023 to read them"
+        )
+    present = [n for n, r in movielens.RELEASES.items() if movielens.release_sources(raw_dir, r)]
+    if present:
+        raise EtlError(
+            f"{raw_dir} holds MovieLens {present[0]} but no Amazon ratings; pass --source "
+            "movielens to read it"
+        )

@@ -323,3 +323,48 @@ def test_movielens_release_choice_is_clear(tmp_path: Path) -> None:
         run_pipeline("partition_big_files", opts)
     opts.release = "ml-20m"
     assert run_pipeline("partition_big_files", opts)[0].status == "ran"
+
+
+def test_other_release_in_a_2018_raw_is_named(tmp_path: Path, capsys) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    args = ["--step", "partition_big_files", "--raw-dir", str(raw), "--out-dir",
+            str(tmp_path / "out"), "--no-progress"]  # fmt: skip
+    # A 2023 official split file saved as a 2018 per-category ratings CSV.
+    (raw / "Beauty.csv").write_text("user_id,parent_asin,rating,timestamp\nAE1,B01,5.0,1\n")
+    (raw / "meta_Beauty.json").write_text('{"asin": "B01", "title": "x"}\n')
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Beauty.csv holds an Amazon Reviews 2023 benchmark CSV without history column" in err
+    (raw / "Beauty.csv").unlink()
+    (raw / "Books.jsonl.gz").write_bytes(gzip.compress(_review("AU1", "P1", 5.0, T).encode()))
+    assert main(args) == 1
+    assert (
+        "holds Amazon 2023 reviews (Books.jsonl.gz) but no 2018 ratings; pass --release 2023"
+        in (capsys.readouterr().err)
+    )
+    (raw / "Books.jsonl.gz").unlink()
+    _ml_raw(raw / "x", as_zip=True)
+    (raw / "x" / "ml-1m.zip").rename(raw / "ml-1m.zip")
+    assert main(args) == 1
+    assert "holds MovieLens ml-1m but no Amazon ratings; pass --source movielens" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("fmt", ["amazon2023", "movielens-1m", "movielens-csv"])
+def test_synthetic_command_line_same_bytes_for_a_seed(tmp_path: Path, fmt: str) -> None:
+    from etl import synthetic
+
+    for out in ("a", "b"):
+        args = ["--format", fmt, "--out", str(tmp_path / out), "--interactions", "3000"]
+        assert synthetic.main([*args, "--seed", "4"]) == 0
+    a = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*.*")}
+    b = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*.*")}
+    assert a == b and a
+    expected = {
+        "amazon2023": "All_Beauty.jsonl.gz",
+        "movielens-1m": "ml-1m.zip",
+        "movielens-csv": "ml-20m.zip",
+    }[fmt]
+    assert Path(expected) in a
