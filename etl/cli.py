@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+from etl.amazon2023 import OPTIONAL_TEXT_FIELDS
 from etl.engine import ENGINES, Engine
 from etl.errors import EtlError
 from etl.pipeline import STEPS, EtlOptions, counts_table, run_pipeline
@@ -118,6 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.workers < 1 or args.partitions < 1:
         print("error: --workers and --partitions must be at least 1", file=sys.stderr)
+        return 2
+    if args.item_text and (args.source, args.release) != ("amazon", "2023"):
+        print("error: --item-text is for Amazon 2023 items; add --release 2023", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.item_text) - set(OPTIONAL_TEXT_FIELDS))
+    if unknown:
+        print(
+            f"error: unknown --item-text {','.join(unknown)}; choose from "
+            f"{','.join(OPTIONAL_TEXT_FIELDS)}",
+            file=sys.stderr,
+        )
         return 2
     options = EtlOptions(
         raw_dir=args.raw_dir,

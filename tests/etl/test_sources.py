@@ -368,3 +368,11 @@ def test_synthetic_command_line_same_bytes_for_a_seed(tmp_path: Path, fmt: str) 
         "movielens-csv": "ml-20m.zip",
     }[fmt]
     assert Path(expected) in a
+
+
+def test_item_text_is_checked_first(tmp_path: Path, capsys) -> None:
+    base = ["--step", "all", "--raw-dir", str(tmp_path), "--out-dir", str(tmp_path / "o")]
+    assert main([*base, "--item-text", "features"]) == 2
+    assert "--item-text is for Amazon 2023 items" in capsys.readouterr().err
+    assert main([*base, "--release", "2023", "--item-text", "price"]) == 2
+    assert "unknown --item-text price; choose from features,description" in capsys.readouterr().err
