@@ -74,3 +74,18 @@ def test_sentencepiece_sample_equals_the_whole_catalog_choice(raw: Path, tmp_pat
         sample.column("asin").to_pylist() == whole.take(pa.array(chosen)).column("asin").to_pylist()
     )
     assert first_per_key(sample, "asin").num_rows == 10
+
+
+def test_distinct_hashes_counted_range_by_range(tmp_path: Path) -> None:
+    from etl.ratings import count_distinct_hashes
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2**64 - 1, size=5_000, dtype=np.uint64)
+    values[:10] = [0, 1, 2**58 - 1, 2**58, 2**63, 2**64 - 1, 5, 5, 2**58, 0]  # range edges
+    files = []
+    for k, part in enumerate(np.array_split(np.concatenate([values, values[::3]]), 7)):
+        files.append(tmp_path / f"p{k}.npy")
+        np.save(files[-1], np.unique(part))
+    np.save(tmp_path / "empty.npy", np.zeros(0, np.uint64))
+    assert count_distinct_hashes([*files, tmp_path / "empty.npy"]) == len(np.unique(values))
+    assert count_distinct_hashes([]) == 0
