@@ -35,7 +35,7 @@ def _items(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("raw")
-    synthetic.generate(path, 6_000, seed=11, finetune_users=100)
+    synthetic.generate(path, 6_000, seed=11, finetune_users=200)  # 100 leaves Sports empty
     return path
 
 
