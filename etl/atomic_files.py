@@ -18,6 +18,13 @@ ITEM_HEADER = (
 )
 INTER_COLUMNS = ("user", "item", "rating", "timestamp")
 ITEM_COLUMNS = ("asin", "title", "brand", "category_l1", "category_l2", "category_l3")
+# Optional item columns, written after the others when the items table has them: the 2023
+# `features` and `description` (SentencePiece pieces, when asked for), MovieLens `genres`.
+EXTRA_ITEM_HEADER = {
+    "features": "features:token_seq",
+    "description": "description:token_seq",
+    "genres": "genres:token_seq",
+}
 _BATCH_ROWS = 1 << 20  # rows formatted at once: bounds memory for 10M-row files
 
 
@@ -32,11 +39,28 @@ def _write_tsv(path: Path, header: tuple[str, ...], table: pa.Table, columns: tu
             f.write(("\n".join(lines.to_pylist()) + "\n").encode())
 
 
-def write_inter(path: Path, table: pa.Table) -> None:
-    """Write (user, item, rating, timestamp) rows, in the table's order, as a `.inter` file."""
+def write_inter(path: Path, table: pa.Table, millis: bool = False) -> None:
+    """Write (user, item, rating, timestamp) rows, in the table's order, as a `.inter` file.
+
+    `millis`: the timestamps are milliseconds, written as seconds with three decimals
+    (`1628643414.042`, exact); otherwise they are whole seconds.
+    """
+    if millis:
+        from etl.amazon2023 import seconds_text  # here: the 2018 path never imports it
+
+        column = table.column("timestamp")
+        index = table.column_names.index("timestamp")
+        table = table.set_column(
+            index,
+            "timestamp",
+            pa.chunked_array([seconds_text(c) for c in column.chunks], pa.string()),
+        )
     _write_tsv(path, INTER_HEADER, table, INTER_COLUMNS)
 
 
 def write_item(path: Path, table: pa.Table) -> None:
-    """Write (asin, title, brand, category_l1..l3) rows, in the table's order, as a `.item` file."""
-    _write_tsv(path, ITEM_HEADER, table, ITEM_COLUMNS)
+    """Write (asin, title, brand, category_l1..l3[, extra columns]) rows, in the table's order,
+    as a `.item` file; the extra columns of `EXTRA_ITEM_HEADER` are written when present."""
+    extra = tuple(c for c in EXTRA_ITEM_HEADER if c in table.column_names)
+    header = ITEM_HEADER + tuple(EXTRA_ITEM_HEADER[c] for c in extra)
+    _write_tsv(path, header, table, ITEM_COLUMNS + extra)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import re
 import sys
 from pathlib import Path
 
+from etl.amazon2023 import OPTIONAL_TEXT_FIELDS
 from etl.engine import ENGINES, Engine
 from etl.pipeline import STEPS, EtlOptions, counts_table, run_pipeline
 from etl.readers import CHUNK_BYTES
 from etl.scaling import parse_size
+from etl.sources import SOURCES
 from etl.text import DEFAULT_VOCAB
 from recbole_fork.errors import UserError
 
@@ -68,11 +71,29 @@ def describe_os_error(exc: OSError, out_dir: Path) -> str:
     return f"{where}: {cause}" + (f" ({notes})" if notes else "") + f"; {hint}"
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    return () if names == ("none",) else names
+
+
+_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+
+
+def _bytes(text: str) -> int:
+    """'4G' -> 4 GiB in bytes (K, M, G, T are powers of 1024)."""
+    match = _BYTES_RE.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"bad memory budget {text!r}; write e.g. 4G or 512M")
+    power = " KMGT".index(match.group(2).upper() or " ")
+    return int(float(match.group(1)) * 1024**power)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
     parser = argparse.ArgumentParser(
         prog="scaling_datasets",
-        description="Amazon 2018 ratings/metadata and 2014 5-core reviews to RecBole atomic files.",
+        description="Amazon (2018 with the 2014 5-core sets, or 2023 with its official "
+        "splits) or MovieLens raw files to RecBole atomic files.",
     )
     parser.add_argument("--step", required=True, choices=[*STEPS, "all"])
     parser.add_argument(
@@ -101,6 +122,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-mb", type=_chunk_mb, default=CHUNK_BYTES / (1 << 20), help="input chunk size"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+    parser.add_argument(
+        "--source", choices=SOURCES, default="amazon", help="amazon (default) or movielens"
+    )
+    parser.add_argument(
+        "--release",
+        default=None,
+        help="amazon: 2018 (default) or 2023; movielens: ml-1m, ml-20m, ml-25m or ml-32m "
+        "(default: the one in RAW, else ml-1m)",
+    )
+    parser.add_argument(
+        "--categories",
+        type=_names,
+        default=(),
+        help="Amazon 2023 categories to download, e.g. All_Beauty,Video_Games, or all",
+    )
+    parser.add_argument(
+        "--benchmarks",
+        type=_names,
+        default="5core/last_out,5core/timestamp",
+        help="Amazon 2023 official splits to download, from {5core,0core}/{last_out,timestamp}"
+        "[_w_his]; 'none' for none",
+    )
+    parser.add_argument(
+        "--item-text",
+        type=_names,
+        default=(),
+        help="extra Amazon 2023 item text, from features,description (default: title, "
+        "store and categories only)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        type=_bytes,
+        default=None,
+        help="memory all workers may use at once, e.g. 4G: the ratings are cut into parts "
+        "small enough for it (default: parts of at most 64 MB of input)",
+    )
     return parser
 
 
@@ -112,6 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     prints how to resume and returns 130. Anything else is a bug and keeps its traceback.
     """
     args = build_parser().parse_args(argv)
+    if args.item_text and (args.source, args.release) != ("amazon", "2023"):
+        print("error: --item-text is for Amazon 2023 items; add --release 2023", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.item_text) - set(OPTIONAL_TEXT_FIELDS))
+    if unknown:
+        print(
+            f"error: unknown --item-text {','.join(unknown)}; choose from "
+            f"{','.join(OPTIONAL_TEXT_FIELDS)}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         results = run_pipeline(args.step, _options(args))
     except UserError as exc:
@@ -149,6 +217,12 @@ def _options(args: argparse.Namespace) -> EtlOptions:
         vocab_size=args.vocab_size,
         partitions=args.partitions,
         chunk_bytes=int(args.chunk_mb * (1 << 20)),
+        source=args.source,
+        release=args.release,
+        item_text=args.item_text,
+        memory_budget=args.memory_budget,
+        categories=args.categories,
+        benchmarks=args.benchmarks,
     )
 
 

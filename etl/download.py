@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from etl.errors import EtlError
-from etl.raw_files import RAW_FILES, RELEASES, RawFile, join_url
+from etl.raw_files import RAW_FILES, RELEASES, RawFile, download_selection, join_url
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "recbole-fork-scaling-etl/0.1 (urllib)"
@@ -66,7 +66,9 @@ def download_raw_files(
 
     Args:
         raw_dir: destination folder (created if missing).
-        files: names to fetch (keys of `table`); None fetches every downloadable one.
+        files: names to fetch (keys of `table`); None fetches every downloadable one of a
+            given `table`, or the Amazon 2018 study's files of the default table (2018 ratings
+            and metadata, 2014 fine-tuning files; see `etl.raw_files.download_selection`).
         base_urls: release key -> base URL, replacing `RELEASES[key].base_url` (a mirror).
         retries: attempts per file after a transient failure (cut connection, timeout, HTTP
             5xx) that brought no new byte; an attempt that made progress does not count.
@@ -85,12 +87,16 @@ def download_raw_files(
             file and its URL to place by hand in `raw_dir`), an HTTP error such as 404, a size
             or sha256 mismatch (the partial file is deleted), or retries exhausted.
     """
+    default = table is None
     table = RAW_FILES if table is None else table
     downloadable = [n for n, entry in table.items() if entry.source is not None]
+    if files is None and default:
+        files = download_selection("amazon", "2018")
     names = downloadable if files is None else list(files)
     unknown = [n for n in names if n not in downloadable]
     if unknown:
-        raise ValueError(f"unknown raw file(s) {unknown}; valid names: {sorted(downloadable)}")
+        valid = sorted(downloadable) if len(downloadable) <= 20 else "see etl/raw_files.py"
+        raise ValueError(f"unknown raw file(s) {unknown}; valid names: {valid}")
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     urls = {n: file_url(table[n], base_urls) for n in names}
@@ -98,6 +104,7 @@ def download_raw_files(
     paths = []
     for name in names:
         final = raw_dir / name
+        final.parent.mkdir(parents=True, exist_ok=True)  # 2023 splits keep their folders
         if _complete(final, table[name]):
             paths.append(final)
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -141,7 +142,7 @@ def _parse(work: _Work, parser: Parser, bad: BadRows) -> pa.Table:
 @dataclass(frozen=True)
 class _RatingsTask:
     work: _Work
-    kind: str
+    parser: Parser
     n_parts: int
     out_dir: str
 
@@ -153,6 +154,7 @@ class _RatingsTask:
 class _MetaTask:
     work: _Work
     out_dir: str
+    parser: Parser = parse_meta_2018_lines
 
     def describe(self) -> str:
         return self.work.describe()
@@ -174,7 +176,8 @@ def _check_rows_read(paths: list[Path], labels: list[str], rows: list[int], bad:
     """
     per_file: dict[str, int] = {}
     for label, n in zip(labels, rows):
-        per_file[label] = per_file.get(label, 0) + n
+        name = label.split(":", 1)[0]  # a zip member's label is "<zip>:<member>"
+        per_file[name] = per_file.get(name, 0) + n
     for path in paths:
         if per_file.get(path.name, 0) == 0:
             reasons = bad.as_dict().get(path.name, {})
@@ -191,8 +194,7 @@ def _check_rows_read(paths: list[Path], labels: list[str], rows: list[int], bad:
 
 def _ratings_task(task: _RatingsTask) -> tuple[int, BadRows]:
     bad = BadRows()
-    parser = parse_ratings_csv if task.kind == "csv" else parse_review_lines
-    table = _parse(task.work, parser, bad)  # user, item, rating, timestamp, order
+    table = _parse(task.work, task.parser, bad)  # user, item, rating, timestamp, order
     if table.num_rows == 0:
         return 0, bad
     part = partition_of(table.column("user"), task.n_parts)  # [N]
@@ -217,7 +219,7 @@ def _ratings_task(task: _RatingsTask) -> tuple[int, BadRows]:
 
 def _meta_task(task: _MetaTask) -> tuple[int, BadRows]:
     bad = BadRows()
-    table = _parse(task.work, parse_meta_2018_lines, bad)
+    table = _parse(task.work, task.parser, bad)
     pq.write_table(table, Path(task.out_dir) / f"chunk-{task.work.index:06d}.parquet")
     return table.num_rows, bad
 
@@ -247,8 +249,13 @@ def partition_big_files(
     n_parts: int = 16,
     chunk_bytes: int = CHUNK_BYTES,
     engine: Engine = DEFAULT_ENGINE,
+    inputs: tuple[Any, Any] | None = None,
 ) -> dict:
     """Split the ratings into `work_dir/ratings/part-*` by user hash and metadata into `work_dir/meta`.
+
+    Args:
+        inputs: (ratings, metadata) `etl.sources.FileSet`s of another source; None reads the
+            Amazon 2018 files of RAW.
 
     Returns:
         summary dict: `counts` (rows read), `bad_rows` per file and reason, `inputs`.
@@ -256,8 +263,30 @@ def partition_big_files(
     Raises:
         EtlError: no ratings or metadata input in RAW, or an unreadable/truncated file.
     """
-    kind, rating_files = ratings_sources(raw_dir)
-    meta_files = metadata_sources(raw_dir)
+    if inputs is None:
+        kind, found = ratings_sources(raw_dir)
+        rating_files = list(found)
+        meta_files = metadata_sources(raw_dir)
+        ratings_parser: Parser = parse_ratings_csv if kind == "csv" else parse_review_lines
+        meta_parser: Parser = parse_meta_2018_lines
+
+        def rating_work(size: int) -> Iterator[_Work]:
+            return iter_work(rating_files, size)
+
+        def rating_total(size: int) -> int | None:
+            return count_work(rating_files, size)
+
+        def meta_work(size: int) -> Iterator[_Work]:
+            return iter_work(meta_files, size)
+
+        def meta_total(size: int) -> int | None:
+            return count_work(meta_files, size)
+    else:
+        rating_files, meta_files = list(inputs[0].paths), list(inputs[1].paths)
+        ratings_parser, meta_parser = inputs[0].parser, inputs[1].parser
+        kind = getattr(ratings_parser, "__name__", "ratings")
+        rating_work, rating_total = inputs[0].work, inputs[0].total
+        meta_work, meta_total = inputs[1].work, inputs[1].total
     if not rating_files:
         raise EtlError(
             f"no 2018 ratings in {raw_dir}: place {_ALL_RATINGS.name} (or <Category>.csv) "
@@ -277,14 +306,14 @@ def partition_big_files(
             (tmp / f"part-{p:04d}").mkdir()
         labels: list[str] = []
         tasks = (
-            _RatingsTask(w, kind, n_parts, str(tmp))
-            for w in _labelled(iter_work(rating_files, ratings_chunk), labels)
+            _RatingsTask(w, ratings_parser, n_parts, str(tmp))
+            for w in _labelled(rating_work(ratings_chunk), labels)
         )
         results = engine.map(
             _ratings_task,
             tasks,
             desc="partition ratings",
-            total=count_work(rating_files, ratings_chunk),
+            total=rating_total(ratings_chunk),
         )
         rating_rows = sum(n for n, _ in results)
         for _, b in results:
@@ -293,13 +322,13 @@ def partition_big_files(
     with staging_dir(work_dir / "meta") as tmp:
         labels = []
         tasks = (
-            _MetaTask(w, str(tmp)) for w in _labelled(iter_work(meta_files, chunk_bytes), labels)
+            _MetaTask(w, str(tmp), meta_parser) for w in _labelled(meta_work(chunk_bytes), labels)
         )
         results = engine.map(
             _meta_task,
             tasks,
             desc="partition metadata",
-            total=count_work(meta_files, chunk_bytes),
+            total=meta_total(chunk_bytes),
         )
         meta_rows = sum(n for n, _ in results)
         for _, b in results:

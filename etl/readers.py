@@ -677,12 +677,35 @@ def sniff_json_lines(path: Path) -> bool:
 
 Parser = Callable[[bytes, str, BadRows], pa.Table]
 
-# The parser of each format of the raw file table (`etl.raw_files.FORMATS`).
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A parser of another module, imported on first call (those modules import this one)."""
+
+    module: str
+    name: str
+
+    def __call__(self, block: bytes, file_label: str, bad: BadRows) -> pa.Table:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.name)(block, file_label, bad)
+
+
+# The parser of each format of the raw file table (`etl.raw_files.FORMATS`; a zip archive's
+# format has none, its members' formats do).
 PARSERS: dict[str, Parser] = {
     "ratings_csv": parse_ratings_csv,
     "reviews_json": parse_review_lines,
     "meta_json": parse_meta_2018_lines,
     "meta_literal": parse_meta_2014_lines,
+    "reviews_2023_json": _Deferred("etl.amazon2023", "parse_reviews_2023"),
+    "meta_2023_json": _Deferred("etl.amazon2023", "parse_meta_2023"),
+    "benchmark_2023_csv": _Deferred("etl.amazon2023", "parse_benchmark_plain"),
+    "benchmark_2023_his_csv": _Deferred("etl.amazon2023", "parse_benchmark_history"),
+    "ml_dat_ratings": _Deferred("etl.movielens", "parse_ml_dat_ratings"),
+    "ml_dat_movies": _Deferred("etl.movielens", "parse_ml_dat_movies"),
+    "ml_csv_ratings": _Deferred("etl.movielens", "parse_ml_csv_ratings"),
+    "ml_csv_movies": _Deferred("etl.movielens", "parse_ml_csv_movies"),
 }
 
 

@@ -84,11 +84,47 @@ def choose_users(
     return perm, n_users
 
 
-def _user_counts_task(path: str) -> tuple[pa.Array, np.ndarray]:
+# Users are first counted in KEY_BUCKETS ranges of their sampling key (the top bits), so that
+# the parent only ever holds the users of the buckets the largest dataset reaches into: its
+# memory follows the dataset sizes, not the pool (whose users all fit in memory no longer).
+KEY_BUCKET_BITS = 16
+
+
+def _part_users(path: str, seed: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(distinct users [U], their interaction counts int64 [U], key buckets int64 [U])."""
     users = pq.read_table(path, columns=["user"]).column("user").combine_chunks()
     encoded = pc.dictionary_encode(users)
     counts = np.bincount(encoded.indices.to_numpy(), minlength=len(encoded.dictionary))
-    return encoded.dictionary, counts.astype(np.int64)
+    buckets = (sample_keys(encoded.dictionary, seed) >> np.uint64(64 - KEY_BUCKET_BITS)).astype(
+        np.int64
+    )
+    return encoded.dictionary, counts.astype(np.int64), buckets
+
+
+@dataclass(frozen=True)
+class _CountTask:
+    path: str
+    seed: int
+
+
+def _bucket_counts_task(task: _CountTask) -> np.ndarray:
+    """Interactions per key bucket of one pool part: int64 [2**KEY_BUCKET_BITS]."""
+    _, counts, buckets = _part_users(task.path, task.seed)
+    return np.bincount(buckets, weights=counts, minlength=1 << KEY_BUCKET_BITS).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _CandidateTask:
+    path: str
+    seed: int
+    last_bucket: int
+
+
+def _candidates_task(task: _CandidateTask) -> tuple[pa.Array, np.ndarray]:
+    """The part's users whose key bucket is at most `last_bucket`, and their counts."""
+    users, counts, buckets = _part_users(task.path, task.seed)
+    keep = np.flatnonzero(buckets <= task.last_bucket)
+    return users.take(pa.array(keep)), counts[keep]
 
 
 @dataclass(frozen=True)
@@ -121,20 +157,67 @@ def build_scaling_datasets(
     *,
     seed: int,
     engine: Engine = DEFAULT_ENGINE,
+    prefix: str = "amazon",
+    millis: bool = False,
+    whole: str | None = None,
+    skip_too_big: bool = False,
 ) -> dict:
-    """Write `out_dir/amazon-<size>/amazon-<size>.{inter,item}` for every size.
+    """Write `out_dir/<prefix>-<size>/<prefix>-<size>.{inter,item}` for every size.
+
+    Args:
+        prefix: dataset name prefix (`amazon`, `amazon2023`, `ml-1m`, ...).
+        millis: the pool's timestamps are milliseconds (Amazon 2023): written as seconds
+            with three decimals.
+        whole: also write the whole pool (every user, in the same order) under this name.
+        skip_too_big: a size above the pool's interactions is skipped and listed in the
+            summary (`skipped_sizes`) instead of failing the step.
 
     Returns:
-        summary dict with `counts` (users, items, interactions per dataset) and `datasets`.
+        summary dict with `counts` (users, items, interactions per dataset), `datasets` and
+        `skipped_sizes`.
 
     Raises:
-        EtlError: no size, or a size exceeds the pool.
+        EtlError: no size, or a size exceeds the pool (unless `skip_too_big`).
     """
     sizes = sorted(set(sizes))
-    if not sizes:
+    if not sizes and whole is None:
         raise EtlError("no dataset size given; pass --sizes such as 100K,1M")
     parts = sorted((work_dir / "pool").glob("part-*.parquet"))
-    per_part = engine.map(_user_counts_task, [str(p) for p in parts], desc="count users")
+    histograms = engine.map(
+        _bucket_counts_task, [_CountTask(str(p), seed) for p in parts], desc="count users"
+    )
+    per_bucket = np.sum(histograms, axis=0) if histograms else np.zeros(1, np.int64)
+    total = int(per_bucket.sum())
+    skipped = []
+    if skip_too_big:
+        skipped = [
+            {"dataset": f"{prefix}-{size_label(s)}", "size": s, "pool_interactions": total}
+            for s in sizes
+            if s > total
+        ]
+        sizes = [s for s in sizes if s <= total]
+    too_big = [s for s in sizes if s > total]
+    if too_big:
+        raise EtlError(
+            f"dataset size {size_label(too_big[0])} exceeds the pre-training pool of {total} "
+            "interactions; pass smaller --sizes"
+        )
+    names = [f"{prefix}-{size_label(s)}" for s in sizes]
+    if whole is not None:
+        if total == 0:
+            raise EtlError(f"no interaction left to write {whole}; check the raw files")
+        sizes.append(total)  # every user: the largest set, so the others are its prefixes
+        names.append(whole)
+    if not sizes:
+        return {"counts": [], "datasets": [], "skipped_sizes": skipped}
+    # The users in key order up to the largest size lie in the buckets up to the first one
+    # where the interactions counted so far reach that size.
+    last_bucket = int(np.searchsorted(np.cumsum(per_bucket), sizes[-1], side="left"))
+    per_part = engine.map(
+        _candidates_task,
+        [_CandidateTask(str(p), seed, last_bucket) for p in parts],
+        desc="choose users",
+    )
     users = pa.concat_arrays([u for u, _ in per_part]) if per_part else pa.array([], pa.string())
     counts = np.concatenate([c for _, c in per_part]) if per_part else np.zeros(0, np.int64)
     part_of_user = np.repeat(np.arange(len(per_part)), [len(c) for _, c in per_part])
@@ -162,12 +245,11 @@ def build_scaling_datasets(
     table = table.take(pa.array(order))
     row_ends = np.cumsum(counts[selected])  # rows of the first k users = row_ends[k-1]
     summary_counts, datasets = [], []
-    for size, n in zip(sizes, n_users):
-        name = f"amazon-{size_label(size)}"
+    for name, n in zip(names, n_users):
         inter = table.slice(0, int(row_ends[n - 1]))
-        items = lookup_items(work_dir / "items.parquet", pc.unique(inter.column("item")))
+        items = items_with_text(work_dir / "items.parquet", pc.unique(inter.column("item")))
         with staging_dir(out_dir / name) as tmp:
-            write_inter(tmp / f"{name}.inter", inter)
+            write_inter(tmp / f"{name}.inter", inter, millis=millis)
             write_item(tmp / f"{name}.item", items)
         summary_counts.append(
             {
@@ -178,4 +260,21 @@ def build_scaling_datasets(
             }
         )
         datasets.append(name)
-    return {"counts": summary_counts, "datasets": datasets}
+    return {"counts": summary_counts, "datasets": datasets, "skipped_sizes": skipped}
+
+
+def items_with_text(items_path: Path, asins: pa.Array) -> pa.Table:
+    """`lookup_items`, plus a row of empty text for each asin that `items.parquet` lacks
+    (none in an Amazon pool, whose items all have text; a MovieLens movie may have none)."""
+    known = lookup_items(items_path, asins)
+    missing = pc.filter(asins, pc.invert(pc.is_in(asins, value_set=known.column("asin"))))
+    if not len(missing):
+        return known
+    empty = {
+        f.name: missing
+        if f.name == "asin"
+        else pa.nulls(len(missing), f.type).fill_null(False if f.type == pa.bool_() else "")
+        for f in known.schema
+    }
+    table = pa.concat_tables([known, pa.table(empty, schema=known.schema)])
+    return table.take(pc.sort_indices(table, sort_keys=[("asin", "ascending")]))

@@ -896,15 +896,36 @@ def _write_meta_2018(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: `python -m etl.synthetic --out RAW --interactions N --seed S`."""
+    """Command line: `python -m etl.synthetic [--format F] --out RAW --interactions N --seed S`."""
     parser = argparse.ArgumentParser(
         prog="python -m etl.synthetic",
-        description="Write synthetic Amazon raw files (2018 ratings CSV and metadata, 2014 "
-        "5-core reviews and metadata) in the real formats.",
+        description="Write synthetic raw files in the real formats: Amazon 2018 (ratings CSV "
+        "and metadata, 2014 5-core reviews and metadata; the default), Amazon 2023 (reviews, "
+        "metadata, official splits) or MovieLens (ml-1m .dat or a csv release).",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("amazon2018", "amazon2023", "movielens-1m", "movielens-csv"),
+        default="amazon2018",
+        help="which release's files to write (default amazon2018)",
+    )
+    parser.add_argument(
+        "--release",
+        default="ml-20m",
+        choices=("ml-20m", "ml-25m", "ml-32m"),
+        help="movielens-csv: the release name of the zip (default ml-20m)",
+    )
+    parser.add_argument(
+        "--categories",
+        default="All_Beauty,Video_Games",
+        help="amazon2023: categories (the first gets the official split files)",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write the files into")
     parser.add_argument(
-        "--interactions", type=int, required=True, help="rows of the 2018 ratings CSV"
+        "--interactions",
+        type=int,
+        required=True,
+        help="rows of the 2018 ratings CSV, reviews (2023) or ratings (MovieLens)",
     )
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument(
@@ -914,10 +935,23 @@ def main(argv: list[str] | None = None) -> int:
         help="users per fine-tune domain before the 5-core filter (default 3000)",
     )
     args = parser.parse_args(argv)
+    from etl import synthetic_formats  # here: it builds on this module
+
     try:
-        counts = generate(
-            args.out, args.interactions, args.seed, args.finetune_users, progress=True
-        )
+        if args.format == "amazon2023":
+            categories = tuple(c for c in args.categories.split(",") if c)
+            counts = synthetic_formats.generate_amazon2023(
+                args.out, args.interactions, args.seed, categories
+            )
+        elif args.format.startswith("movielens"):
+            release = "ml-1m" if args.format == "movielens-1m" else args.release
+            counts = synthetic_formats.generate_movielens(
+                args.out, args.interactions, args.seed, release
+            )
+        else:
+            counts = generate(
+                args.out, args.interactions, args.seed, args.finetune_users, progress=True
+            )
     except ValueError as err:
         parser.error(str(err))
     print(json.dumps(counts, indent=2))

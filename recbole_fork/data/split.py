@@ -18,6 +18,11 @@ target's history is everything of its user before it.
   A cut at most 1 is a fraction of all interactions in time order (``0.8``: the timestamp
   of the interaction at that quantile), a larger one a timestamp in the atomic file's unit
   (unix seconds; kept exactly, milliseconds included).
+  ``targets: all`` makes every interaction of a period a target instead of the user's first
+  one, each with everything of its user before it (earlier targets included) as history:
+  the Amazon Reviews 2023 ``timestamp`` benchmark's own protocol, so its official files are
+  reproduced row for row (a row with no earlier interaction of its user cannot be scored by
+  a sequential model and is left out).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 from recbole_fork.settings import ConfigError, Settings, check_choice
 
 SPLITS = ("leave_one_out", "time")
+TARGETS = ("first", "all")
 
 
 @dataclass(frozen=True)
@@ -38,9 +44,11 @@ class SplitSettings(Settings):
     type: str  # leave_one_out | time
     valid_cut: float | None  # time: a timestamp, or a fraction (<= 1) of all interactions
     test_cut: float | None
+    targets: str  # time: first (a user's first interaction of a period) | all (every one)
 
     def __post_init__(self) -> None:
         check_choice("split.type", self.type, SPLITS)
+        check_choice("split.targets", self.targets, TARGETS)
         if self.type != "time":
             return
         if self.valid_cut is None or self.test_cut is None:
@@ -68,7 +76,8 @@ class Split:
 
     Attributes:
         train_len: int64 [n_users], leading interactions of each user that are training data.
-        valid_users, valid_pos: int64, ascending users and their valid target's position.
+        valid_users, valid_pos: int64, ascending users and their valid target's position (a
+            user appears once per target: once, or, with ``targets: all``, once per row).
         test_users, test_pos: the same for test.
         cuts: the cut timestamps used (``time``), else None.
     """
@@ -106,15 +115,24 @@ def resolve_cut(cut: float, times: np.ndarray) -> float:
     return float(ordered[index]) if cut < 1 else float("inf")
 
 
-def temporal(offsets: np.ndarray, times: np.ndarray, valid_cut: float, test_cut: float) -> Split:
+def temporal(
+    offsets: np.ndarray,
+    times: np.ndarray,
+    valid_cut: float,
+    test_cut: float,
+    targets: str = "first",
+) -> Split:
     """The global temporal split (see the module docstring).
 
     Args:
         offsets: int64 [n_users + 1], user u owns ``[offsets[u], offsets[u + 1])``.
         times: float64 [nnz], each user's interactions in time order.
         valid_cut, test_cut: timestamps (already resolved from fractions).
+        targets: ``first`` or ``all`` interactions of a period are targets.
     """
     counts = np.diff(offsets)
+    if targets == "all":
+        return _every_target(offsets, times, valid_cut, test_cut)
     # Per user, the interactions before each cut; times within a user are sorted, so that
     # count is also the position of the user's first interaction at or after the cut.
     user = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
@@ -136,13 +154,32 @@ def temporal(offsets: np.ndarray, times: np.ndarray, valid_cut: float, test_cut:
     )
 
 
+def _every_target(
+    offsets: np.ndarray, times: np.ndarray, valid_cut: float, test_cut: float
+) -> Split:
+    """``targets: all``: every interaction of a period with an earlier one of its user."""
+    counts = np.diff(offsets)
+    user = np.repeat(np.arange(len(counts), dtype=np.int64), counts)  # [nnz], ascending
+    pos = np.arange(len(times), dtype=np.int64) - np.repeat(offsets[:-1], counts)  # [nnz]
+    in_valid = (times >= valid_cut) & (times < test_cut) & (pos > 0)
+    in_test = (times >= test_cut) & (pos > 0)
+    return Split(
+        train_len=np.bincount(user[times < valid_cut], minlength=len(counts)).astype(np.int64),
+        valid_users=user[in_valid],
+        valid_pos=pos[in_valid],
+        test_users=user[in_test],
+        test_pos=pos[in_test],
+        cuts=(float(valid_cut), float(test_cut)),
+    )
+
+
 def make_split(settings: SplitSettings, offsets: np.ndarray, times: np.ndarray) -> Split:
     """The split ``settings`` names, over the time-sorted histories."""
     if settings.type == "leave_one_out":
         return leave_one_out(np.diff(offsets))
     valid_cut = resolve_cut(settings.valid_cut, times)
     test_cut = resolve_cut(settings.test_cut, times)
-    return temporal(offsets, times, valid_cut, test_cut)
+    return temporal(offsets, times, valid_cut, test_cut, settings.targets)
 
 
 __all__ = [

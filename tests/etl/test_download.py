@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from etl.download import DownloadError, _is_offline, download_raw_files, file_url
-from etl.raw_files import RAW_FILES, RawFile
+from etl.raw_files import RAW_FILES, RawFile, download_selection
 
 BODY = bytes(range(256)) * 40  # 10,240 bytes
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -200,7 +200,8 @@ def test_dead_port_fails_fast_listing_files_to_place_by_hand(tmp_path):
     message = str(exc.value)
     assert message.startswith("no network") and "\n" not in message
     assert str(tmp_path / "raw") in message
-    for name, entry in RAW_FILES.items():
+    for name in download_selection("amazon", "2018"):  # the default selection
+        entry = RAW_FILES[name]
         assert f"{name} <- {bases[entry.release]}/{entry.source}" in message
 
 
@@ -210,7 +211,7 @@ def test_unknown_file_name_lists_the_valid_ones(tmp_path):
 
 
 def test_default_table_and_urls():
-    assert set(RAW_FILES) == {
+    assert set(download_selection("amazon", "2018")) == {
         "all_csv_files.csv",
         "All_Amazon_Meta.json.gz",
         "reviews_Beauty_5.json.gz",
@@ -257,3 +258,64 @@ def test_dns_failure_counts_as_offline_but_a_timeout_does_not():
     assert _is_offline(dns)
     assert _is_offline(urllib.error.URLError(ConnectionRefusedError(111, "refused")))
     assert not _is_offline(urllib.error.URLError(TimeoutError("timed out")))
+
+
+def test_amazon_2023_files_keep_their_folders_and_resume(tmp_path, server):
+    """The table's 2023 entries: reviews, metadata and an official split, from a mirror."""
+    url, b = server
+    names = download_selection("amazon", "2023", ["All_Beauty"], ["5core/last_out_w_his"])
+    assert names == [
+        "All_Beauty.jsonl.gz",
+        "meta_All_Beauty.jsonl.gz",
+        "benchmark/5core/last_out_w_his/All_Beauty.train.csv.gz",
+        "benchmark/5core/last_out_w_his/All_Beauty.valid.csv.gz",
+        "benchmark/5core/last_out_w_his/All_Beauty.test.csv.gz",
+    ]
+    bodies = {name: BODY[i:] for i, name in enumerate(names)}
+    for name, body in bodies.items():
+        b.files["/a23/" + RAW_FILES[name].source] = body  # type: ignore[operator]
+    assert b.files.keys() >= {"/a23/raw/review_categories/All_Beauty.jsonl.gz",
+                              "/a23/raw/meta_categories/meta_All_Beauty.jsonl.gz"}  # fmt: skip
+    b.cut_first_after = 1_000
+    paths = download_raw_files(
+        tmp_path / "raw", files=names, base_urls={"amazon-2023": url + "/a23"},
+        progress=False, backoff=0.01, timeout=5,
+    )  # fmt: skip
+    assert paths == [tmp_path / "raw" / n for n in names]
+    assert all(p.read_bytes() == bodies[n] for p, n in zip(paths, names))
+    assert b.ranges[:2] == [None, "bytes=1000-"]  # the cut first file resumed
+    # a second run finds every file complete and asks for nothing
+    asked = len(b.ranges)
+    download_raw_files(tmp_path / "raw", files=names, base_urls={"amazon-2023": url + "/a23"},
+                       progress=False)  # fmt: skip
+    assert len(b.ranges) == asked
+
+
+def test_movielens_zip_with_checksum(tmp_path, server):
+    url, b = server
+    assert download_selection("movielens", "ml-20m") == ["ml-20m.zip"]
+    assert (
+        RAW_FILES["ml-20m.zip"].url == "https://files.grouplens.org/datasets/movielens/ml-20m.zip"
+    )
+    b.files["/ml/ml-20m.zip"] = BODY
+    table = {"ml-20m.zip": replace(RAW_FILES["ml-20m.zip"], sha256=SHA)}
+    paths = download_raw_files(
+        tmp_path / "raw", base_urls={"movielens": url + "/ml"}, table=table, progress=False
+    )
+    assert paths[0].read_bytes() == BODY
+    table = {"ml-20m.zip": replace(RAW_FILES["ml-20m.zip"], sha256="0" * 64)}
+    (tmp_path / "raw" / "ml-20m.zip").unlink()
+    with pytest.raises(DownloadError, match="ml-20m.zip: sha256"):
+        download_raw_files(
+            tmp_path / "raw", base_urls={"movielens": url + "/ml"}, table=table, progress=False
+        )
+
+
+def test_selection_errors_are_clear():
+    with pytest.raises(ValueError, match="pass --categories"):
+        download_selection("amazon", "2023")
+    with pytest.raises(ValueError, match=r"unknown Amazon 2023 category or split \['Beauty'\]"):
+        download_selection("amazon", "2023", ["Beauty"])
+    with pytest.raises(ValueError, match="unknown MovieLens release 'ml-2m'"):
+        download_selection("movielens", "ml-2m")
+    assert len(download_selection("amazon", "2023", ["all"])) == 2 * 34
