@@ -424,7 +424,9 @@ def test_new_items_are_recommended_to_users_whose_history_their_text_matches(tmp
     assert (np.diag(share) >= 0.6).all(), share
 
 
-def test_a_fine_tuned_text_model_serves_the_offline_lists(checkpoints, shop, tmp_path, fake_tracker):
+def test_a_fine_tuned_text_model_serves_the_offline_lists(
+    checkpoints, shop, tmp_path, fake_tracker
+):
     """Fine-tuning re-encodes the new catalog's pieces into the pre-training vocabulary
     (``finetune.transfer``); the server keeps the model's own tables, checks them against the
     dataset re-encoded the same way, and ranks as the offline evaluator does."""
