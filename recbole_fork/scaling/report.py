@@ -119,12 +119,15 @@ def metric_label(metric: str) -> str:
 
 
 def protocol_label(protocol: str) -> str:
-    """'full' -> 'full ranking'; 'sampled:10000' -> '10000 sampled negatives'; text as given."""
+    """'full' -> 'full ranking'; 'sampled:10000' -> '10000 sampled negatives'; a fixed sample
+    of evaluated users ('full; users<=4096') is named after it; other text as given."""
+    users = re.search(r"users<=(\d+)", protocol)
+    tail = f", a fixed sample of at most {int(users.group(1)):,} users" if users else ""
     match = re.match(r"sampled:?(\d+)", protocol)
     if match:
-        return f"{match.group(1)} sampled negatives"
+        return f"{match.group(1)} sampled negatives{tail}"
     if protocol.startswith("full"):
-        return "full ranking"
+        return f"full ranking{tail}"
     return protocol or "protocol not logged"
 
 

@@ -264,6 +264,12 @@ def test_metric_names_and_orientation():
     assert metric_label("test/eval_loss") == "test eval loss"
     assert protocol_label("sampled10000 (not comparable with full)") == "10000 sampled negatives"
     assert protocol_label("full") == "full ranking"
+    assert (
+        protocol_label("full; users<=4096") == "full ranking, a fixed sample of at most 4,096 users"
+    )
+    assert protocol_label("sampled100 (not comparable with full); users<=50") == (
+        "100 sampled negatives, a fixed sample of at most 50 users"
+    )
     assert protocol_label("10,000 uniform items") == "10,000 uniform items"
     with pytest.raises(ReportError, match="cannot tell whether higher is better"):
         metric_orientation("epoch_time_s")
