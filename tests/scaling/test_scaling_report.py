@@ -102,6 +102,17 @@ def test_report_from_mlflow_store(tmp_path):
     assert "k = 18 FLOPs per parameter per unit of D" in text  # total_flops = 6 N D x 3 epochs
     assert "Approach 3, from the joint law" in text
     assert "#### Extrapolation test: largest-N held out" in text
+    summary = text[text.index("## Summary") : text.index("## Reading")]
+    assert re.search(
+        r"\*\*test loss\*\*, 12 cells: loss form, size exponent α = 0\.\d+ \[", summary
+    )
+    assert "Held out (largest-N), predicted against observed: N 10M: " in summary
+    assert "inside their 95% prediction intervals." in summary
+    assert (
+        "What the study cannot tell: the laws hold over the range measured, N = 10K to 10M "
+        "non-embedding parameters, D = 99.4K to 9.99M training interactions" in summary
+    )
+    assert "Metrics: 10000 sampled negatives. Data: amazon-100K, amazon-10M, amazon-1M." in summary
 
     stems = [
         f"best_test_loss_loss_{kind}" for kind in ("vs_N", "vs_D", "frontier", "holdout_largest-N")
