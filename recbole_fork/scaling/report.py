@@ -769,7 +769,10 @@ def _headline_form(a: MetricAnalysis) -> FormAnalysis | None:
 
 def _range(values: Sequence[float]) -> str:
     vals = [v for v in values if v and math.isfinite(v)]
-    return f"{figures.si(min(vals))} to {figures.si(max(vals))}" if vals else "–"
+    if not vals:
+        return "–"
+    low, high = figures.si(min(vals)), figures.si(max(vals))
+    return low if low == high else f"{low} to {high}"
 
 
 def _summary(study: StudyAnalysis, records: Sequence[RunRecord], d_name: str) -> list[str]:
