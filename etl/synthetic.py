@@ -910,6 +910,14 @@ def main(argv: list[str] | None = None) -> int:
         help="which release's files to write (default amazon2018)",
     )
     parser.add_argument(
+        "--mode",
+        choices=("default", "capacity"),
+        default="default",
+        help="amazon2018: default (48 latent clusters; the demo and tests) or capacity "
+        "(thousands of fine clusters, order-two transitions, drift: structure that rewards "
+        "model size, etl/synthetic_capacity.py)",
+    )
+    parser.add_argument(
         "--release",
         default="ml-20m",
         choices=("ml-20m", "ml-25m", "ml-32m"),
@@ -931,10 +939,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--finetune-users",
         type=int,
-        default=3_000,
-        help="users per fine-tune domain before the 5-core filter (default 3000)",
+        default=None,
+        help="users per fine-tune domain before the 5-core filter (default 3000; "
+        "capacity mode 23500, about the real Beauty 5-core's size)",
     )
     args = parser.parse_args(argv)
+    if args.mode != "default" and args.format != "amazon2018":
+        parser.error(f"--mode {args.mode} writes the amazon2018 format only, not {args.format}")
     from etl import synthetic_formats  # here: it builds on this module
 
     try:
@@ -948,10 +959,14 @@ def main(argv: list[str] | None = None) -> int:
             counts = synthetic_formats.generate_movielens(
                 args.out, args.interactions, args.seed, release
             )
+        elif args.mode == "capacity":
+            from etl.synthetic_capacity import generate_capacity
+
+            users = 23_500 if args.finetune_users is None else args.finetune_users
+            counts = generate_capacity(args.out, args.interactions, args.seed, users, progress=True)
         else:
-            counts = generate(
-                args.out, args.interactions, args.seed, args.finetune_users, progress=True
-            )
+            users = 3_000 if args.finetune_users is None else args.finetune_users
+            counts = generate(args.out, args.interactions, args.seed, users, progress=True)
     except ValueError as err:
         parser.error(str(err))
     print(json.dumps(counts, indent=2))

@@ -123,8 +123,15 @@ def run_params(settings: RunSettings, model, data, run_name: str | None) -> dict
         "train_interactions": data.num_train_interactions(),
         "run_name": run_name,
         "model_description": model.describe(),
-        "eval_protocol": "full" if kind == "full" else f"sampled{n} (not comparable with full)",
+        "eval_protocol": _eval_protocol(kind, n, settings.data.eval_max_users),
     }
+
+
+def _eval_protocol(kind: str, n: int | None, max_users: int | None) -> str:
+    """The logged protocol: ``full`` or ``sampled<N> (...)``, plus ``; users<=M`` when valid
+    and test score a fixed sample of at most M users (``eval_max_users``)."""
+    text = "full" if kind == "full" else f"sampled{n} (not comparable with full)"
+    return text if max_users is None else f"{text}; users<={max_users}"
 
 
 @contextmanager

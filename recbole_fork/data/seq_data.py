@@ -60,6 +60,7 @@ class DataSettings(Settings):
     trim_padding: bool
     eval_by_length: bool
     train_bucket_batches: int  # 0 = plain shuffled batches
+    eval_max_users: int | None  # valid/test score a fixed sample of at most this many users
     seed: int  # shuffles and the train-phase evaluation sample
     split: SplitSettings  # leave_one_out or a global temporal split (data/split.py)
 
@@ -75,11 +76,29 @@ class DataSettings(Settings):
                     "training transitions)"
                 )
         check_range("train_bucket_batches", self.train_bucket_batches, low=0)
+        if self.eval_max_users is not None:
+            check_range("eval_max_users", self.eval_max_users, low=1)
 
 
 def _check_shard(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"shard rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+
+
+def _eval_sample(
+    users: np.ndarray, pos: np.ndarray, max_users: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_users`` of a phase's ``users`` (ascending) with their target positions.
+
+    The draw depends only on the number of users, not on the run's seed, so every run on a
+    dataset scores the same users (a paired comparison across sizes, seeds and budgets);
+    with leave-one-out, valid and test have the same users and get the same sample.
+    """
+    if max_users is None or len(users) <= max_users:
+        return users, pos
+    rng = np.random.default_rng([0xE7A1, len(users)])
+    keep = np.sort(rng.choice(len(users), size=max_users, replace=False))
+    return users[keep], pos[keep]
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -126,6 +145,12 @@ class SeqData:
         n = np.diff(self._offsets)  # [n_users], interactions per user
         self._n = n
         self.split = make_split(settings.split, self._offsets, dataset.hist_seconds)
+        self._valid = _eval_sample(
+            self.split.valid_users, self.split.valid_pos, settings.eval_max_users
+        )
+        self._test = _eval_sample(
+            self.split.test_users, self.split.test_pos, settings.eval_max_users
+        )
         self._train_len = self.split.train_len  # [n_users]
         evaluated = np.zeros(len(n), dtype=bool)
         evaluated[self.split.valid_users] = True
@@ -165,7 +190,7 @@ class SeqData:
         # Train-phase evaluation: as many users as the valid set (or every eligible user),
         # drawn once from the seed so that every epoch scores the same users.
         eligible = np.flatnonzero(self._train_len >= 2).astype(np.int64)
-        size = min(len(self.split.valid_users), len(eligible))
+        size = min(len(self._valid[0]), len(eligible))
         rng = np.random.default_rng([self.seed, 0x7EA1])
         self._train_eval_users = np.sort(rng.choice(eligible, size=size, replace=False))
         logger.info(
@@ -217,11 +242,12 @@ class SeqData:
         return users[users % world_size == rank]
 
     def _phase(self, phase: str) -> tuple[np.ndarray, np.ndarray]:
-        """All users of ``phase`` (ascending) and their targets' positions."""
+        """The users of ``phase`` (ascending; the sample of ``eval_max_users`` if set) and
+        their targets' positions."""
         if phase == "valid":
-            return self.split.valid_users, self.split.valid_pos
+            return self._valid
         if phase == "test":
-            return self.split.test_users, self.split.test_pos
+            return self._test
         if phase == "train":
             return self._train_eval_users, self._train_len[self._train_eval_users] - 1
         raise ValueError(f"phase={phase!r} is not one of {list(EVAL_PHASES)}")

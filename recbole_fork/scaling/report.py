@@ -119,12 +119,15 @@ def metric_label(metric: str) -> str:
 
 
 def protocol_label(protocol: str) -> str:
-    """'full' -> 'full ranking'; 'sampled:10000' -> '10000 sampled negatives'; text as given."""
+    """'full' -> 'full ranking'; 'sampled:10000' -> '10000 sampled negatives'; a fixed sample
+    of evaluated users ('full; users<=4096') is named after it; other text as given."""
+    users = re.search(r"users<=(\d+)", protocol)
+    tail = f", a fixed sample of at most {int(users.group(1)):,} users" if users else ""
     match = re.match(r"sampled:?(\d+)", protocol)
     if match:
-        return f"{match.group(1)} sampled negatives"
+        return f"{match.group(1)} sampled negatives{tail}"
     if protocol.startswith("full"):
-        return "full ranking"
+        return f"full ranking{tail}"
     return protocol or "protocol not logged"
 
 
@@ -756,6 +759,104 @@ def overfitting(records: Sequence[RunRecord]) -> tuple[int, int, float]:
     return rising, total, float(np.median(minima)) if minima else math.nan
 
 
+def _headline_form(a: MetricAnalysis) -> FormAnalysis | None:
+    """The form a summary quotes: the first fitted one whose law converged, else the first
+    fitted one (forms come in the mapping's order: floored laws first by default)."""
+    fitted = [fa for fa in a.forms if fa.law is not None]
+    good = [fa for fa in fitted if not isinstance(fa.law, JointLawFit) or fa.law.converged]
+    return (good or fitted or [None])[0]
+
+
+def _range(values: Sequence[float]) -> str:
+    vals = [v for v in values if v and math.isfinite(v)]
+    if not vals:
+        return "–"
+    low, high = figures.si(min(vals)), figures.si(max(vals))
+    return low if low == high else f"{low} to {high}"
+
+
+def _summary(study: StudyAnalysis, records: Sequence[RunRecord], d_name: str) -> list[str]:
+    """The report's opening: per metric the exponents with their 95% intervals, the
+    compute-optimal split, the held-out predictions against what the runs got, then what
+    the study's range, protocol and data leave open. Every number is one the sections
+    below compute."""
+    lines = ["## Summary", ""]
+    for (group, metric), a in study.analyses.items():
+        where = f" ({group})" if group else ""
+        label = metric_label(metric)
+        fa = _headline_form(a)
+        if not a.cells or fa is None:
+            lines.append(f"- **{label}**{where}: no law fitted ({len(a.cells)} cells).")
+            continue
+        iv = fa.intervals
+        loo = f"leave-one-cell-out error {_pct(fa.loo.rms if fa.loo else None)} RMS"
+        if isinstance(fa.law, JointLawFit):
+            if fa.law.converged:
+                law = (
+                    f"{fa.form.key} form, size exponent α = {_g(fa.law.alpha, 3)} "
+                    f"{_ci(iv.get('alpha'))}, data exponent β = {_g(fa.law.beta, 3)} "
+                    f"{_ci(iv.get('beta'))}, floor E = {_g(fa.law.E, 3)}"
+                )
+            else:
+                law = f"{fa.form.key} form: the exponents are not pinned down (a zero coefficient)"
+        else:
+            law = (
+                f"{label} ∝ N^{_g(fa.law.a, 3)} {_ci(iv.get('a'))} · "
+                f"D^{_g(fa.law.b, 3)} {_ci(iv.get('b'))}"
+            )
+        lines.append(f"- **{label}**{where}, {len(a.cells)} cells: {law}; {loo}.")
+        split = []
+        if fa.analytic is not None:
+            split.append(
+                f"from the law N_opt ∝ C^{_g(fa.analytic.a, 3)} {_ci(iv.get('frontier.a'))}, "
+                f"D_opt ∝ C^{_g(fa.analytic.b, 3)} {_ci(iv.get('frontier.b'))}"
+            )
+        if fa.isoflop is not None and fa.isoflop.exponents is not None:
+            ex = fa.isoflop.exponents
+            split.append(
+                f"from the IsoFLOP profiles N* ∝ C^{_g(ex.a, 3)} {_ci(iv.get('iso.a'))}, "
+                f"D* ∝ C^{_g(ex.b, 3)} {_ci(iv.get('iso.b'))}"
+            )
+        if split:
+            lines.append("  Compute-optimal split: " + "; ".join(split) + ".")
+        elif fa.form.floored and fa.frontier_reason:
+            lines.append(f"  Compute-optimal split: not determined ({fa.frontier_reason}).")
+        for t in fa.holdouts:
+            if not t.held:
+                note = fa.holdout_notes.get(t.which) or t.note
+                lines.append(f"  Held out ({t.which}): no prediction ({note}).")
+                continue
+            pairs = ", ".join(
+                f"N {figures.si(h.cell.n)}: {_g(h.predicted)} against {_g(h.observed)} "
+                f"({100 * h.rel_error:+.1f}%)"
+                for h in sorted(t.held, key=lambda h: h.cell.n)
+            )
+            worst = max(abs(h.rel_error) for h in t.held)
+            inside = sum(h.inside for h in t.held)
+            lines.append(
+                f"  Held out ({t.which}), predicted against observed: {pairs}; largest error "
+                f"{100 * worst:.1f}%, {inside} of {len(t.held)} inside their 95% prediction "
+                "intervals."
+            )
+    budgets = sorted({r.budget for r in records if r.budget})
+    seeds = sorted({len(c.values) for a in study.analyses.values() for c in a.cells})
+    protocols = sorted({protocol_label(r.protocol) for r in records})
+    datasets = sorted({r.dataset for r in records if r.dataset})
+    lines += [
+        "",
+        "What the study cannot tell: the laws hold over the range measured, N = "
+        f"{_range([r.n_params for r in records])} non-embedding parameters, D = "
+        f"{_range([getattr(r, 'tokens' if 'tokens' in d_name else 'interactions') for r in records])} "
+        f"{d_name}, C = {_range([r.compute for r in records])} training FLOPs"
+        + (f" ({len(budgets)} budgets)" if budgets else "")
+        + f"; beyond it they are extrapolations. Metrics: {'; '.join(protocols)}. Data: "
+        f"{', '.join(datasets) or 'not logged'}. Seeds per cell: "
+        f"{', '.join(str(s) for s in seeds) or '–'}.",
+        "",
+    ]
+    return lines
+
+
 def _reading(study: StudyAnalysis, records: Sequence[RunRecord] = ()) -> list[str]:
     """A short reading of what the data show: sentences around numbers the tool computed."""
     lines = ["## Reading", ""]
@@ -1033,6 +1134,7 @@ def write_report(
     if duplicates:
         lines += [f"Several finished runs share these names; the newest of each is used: "
                   f"{', '.join(duplicates)}.", ""]  # fmt: skip
+    lines += _summary(study, records, d_name)
     lines += _reading(study, records)
 
     written: list[Path] = []

@@ -18,7 +18,9 @@ Sweep file keys:
   ``{flops: [1e12, 3e12, 1e13]}``: compute budgets, one trial per value crossed with the grid
   (IsoFLOP profiles); each trial gets ``train_flops_budget: <FLOPs>``, the trainer stops when
   its counted training FLOPs reach it and plans its LR schedule for that length (epochs then
-  do not bound the run, so none is set).
+  do not bound the run, so none is set). Pending trials are launched smallest budget first
+  (grid order within a budget), so a sweep stopped part way holds whole IsoFLOP profiles of
+  its smaller budgets rather than every budget of its first sizes.
 - ``tune`` (dict, optional): hyperparameters tuned per size, crossed with every grid point.
   A key maps to a list (``learning_rate: [3e-4, 1e-3, 3e-3]``: every size tries each) or to
   one grid key whose values each get their own list (per size)::
@@ -532,8 +534,8 @@ def run_sweep(
         max_concurrent: trials at once (default: as many as the resources allow).
         cpus_per_trial, gpus_per_trial: resources each trial reserves; a trial that
             reserved GPUs trains on those (its ``gpu_id`` is set to Ray's GPU ids).
-        max_trials: launch at most this many of the pending trials (grid order), leaving
-            the rest for the next invocation.
+        max_trials: launch at most this many of the pending trials (grid order; with
+            compute budgets, smallest budget first), leaving the rest for the next invocation.
 
     Returns:
         What was skipped, finished and failed; a failed trial never raises here.
@@ -549,6 +551,8 @@ def run_sweep(
     tracking.ensure_experiment(spec.experiment, tracking_uri)
     done = finished_run_names(spec.experiment, tracking_uri)
     pending = [t for t in trials if t.run_name not in done]
+    if "flops" in spec.budget:  # whole IsoFLOP profiles first (stable: grid order within)
+        pending.sort(key=lambda t: float(t.overrides[BUDGET_KEY]))
     result.skipped = [t.run_name for t in trials if t.run_name in done]
     if max_trials is not None:
         result.not_launched = [t.run_name for t in pending[max_trials:]]

@@ -255,6 +255,32 @@ def test_eval_batches(tmp_path):
         d.eval_loader("dev", 4)
 
 
+def test_eval_max_users_scores_a_fixed_sample_whatever_the_seed(tmp_path):
+    """eval_max_users=2 of the 4 valid/test users: the same 2 in valid and test, the same for
+    every seed (drawn from the user count alone), the train phase as many; None = all."""
+    from tests.conftest import write_atomic_dataset
+
+    root = write_atomic_dataset(tmp_path, n_users=30)
+
+    def users(phase, **over):
+        cfg = {"model": "SASRecX", "dataset": "tiny", "max_seq_length": 3, **over}
+        d = build_seq_data(run_config(root, **cfg))
+        return all_batches(d.eval_loader(phase, batch_size=7))["user"].tolist()
+
+    full = users("test", seed=1)
+    assert len(full) == 30
+    valid = users("valid", seed=1, eval_max_users=8)
+    test = users("test", seed=1, eval_max_users=8)
+    assert len(test) == 8 and sorted(valid) == sorted(test) and set(test) < set(full)
+    assert users("test", seed=2, eval_max_users=8) == test  # not from the run's seed
+    expected = np.sort(np.random.default_rng([0xE7A1, 30]).choice(30, 8, replace=False)) + 1
+    assert sorted(test) == expected.tolist()
+    assert len(users("train", seed=1, eval_max_users=8)) == 8
+    assert len(users("test", seed=1, eval_max_users=30)) == 30
+    with pytest.raises(ConfigError, match="eval_max_users"):
+        users("test", eval_max_users=0)
+
+
 def test_shuffle_is_seeded_by_epoch(tmp_path):
     d = make(tmp_path, train_mode="last_position")
     first = [b["user"].tolist() for b in d.train_loader(1, epoch=3)]

@@ -411,3 +411,11 @@ def test_budgeted_run_stops_within_one_step_of_its_budget(tmp_path, item_encoder
     # The LR schedule was planned for about the steps the budget buys (the plan bounds the
     # ids the negatives add, so it may plan a few steps fewer than the run takes).
     assert 0.8 * steps <= state["total_steps"] <= steps
+
+
+def test_eval_protocol_names_a_fixed_sample_of_users():
+    from recbole_fork.session import _eval_protocol
+
+    assert _eval_protocol("full", None, None) == "full"
+    assert _eval_protocol("full", None, 4096) == "full; users<=4096"
+    assert _eval_protocol("sampled", 100, 50) == "sampled100 (not comparable with full); users<=50"

@@ -102,6 +102,17 @@ def test_report_from_mlflow_store(tmp_path):
     assert "k = 18 FLOPs per parameter per unit of D" in text  # total_flops = 6 N D x 3 epochs
     assert "Approach 3, from the joint law" in text
     assert "#### Extrapolation test: largest-N held out" in text
+    summary = text[text.index("## Summary") : text.index("## Reading")]
+    assert re.search(
+        r"\*\*test loss\*\*, 12 cells: loss form, size exponent α = 0\.\d+ \[", summary
+    )
+    assert "Held out (largest-N), predicted against observed: N 10M: " in summary
+    assert "inside their 95% prediction intervals." in summary
+    assert (
+        "What the study cannot tell: the laws hold over the range measured, N = 10K to 10M "
+        "non-embedding parameters, D = 99.4K to 9.99M training interactions" in summary
+    )
+    assert "Metrics: 10000 sampled negatives. Data: amazon-100K, amazon-10M, amazon-1M." in summary
 
     stems = [
         f"best_test_loss_loss_{kind}" for kind in ("vs_N", "vs_D", "frontier", "holdout_largest-N")
@@ -264,6 +275,12 @@ def test_metric_names_and_orientation():
     assert metric_label("test/eval_loss") == "test eval loss"
     assert protocol_label("sampled10000 (not comparable with full)") == "10000 sampled negatives"
     assert protocol_label("full") == "full ranking"
+    assert (
+        protocol_label("full; users<=4096") == "full ranking, a fixed sample of at most 4,096 users"
+    )
+    assert protocol_label("sampled100 (not comparable with full); users<=50") == (
+        "100 sampled negatives, a fixed sample of at most 50 users"
+    )
     assert protocol_label("10,000 uniform items") == "10,000 uniform items"
     with pytest.raises(ReportError, match="cannot tell whether higher is better"):
         metric_orientation("epoch_time_s")

@@ -167,6 +167,34 @@ def test_finished_runs_are_skipped_by_name(tmp_path):
     assert "2 already finished (skipped), 0 finished now, 0 failed, 2 left" in result.summary()
 
 
+def test_budgeted_trials_launch_smallest_budget_first(tmp_path):
+    """With compute budgets the pending trials go smallest budget first (grid order within
+    a budget), so an interrupted sweep holds whole IsoFLOP profiles; planned keeps grid order."""
+    from recbole_fork.scaling.sweep import run_sweep
+
+    spec = load_sweep(
+        write_sweep(
+            tmp_path,
+            grid={"hidden_size": [8, 16], "dataset": ["tiny-a"]},
+            budget={"flops": [3.0e12, 1.0e12]},
+        )
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_sweep(spec, tracking_uri=uri, max_trials=0)  # plan only: Ray never starts
+    assert result.planned == [
+        "sasrec-d8-l2-h2-id-c3e12-tiny-a-s42",
+        "sasrec-d8-l2-h2-id-c1e12-tiny-a-s42",
+        "sasrec-d16-l2-h2-id-c3e12-tiny-a-s42",
+        "sasrec-d16-l2-h2-id-c1e12-tiny-a-s42",
+    ]
+    assert result.not_launched == [
+        "sasrec-d8-l2-h2-id-c1e12-tiny-a-s42",
+        "sasrec-d16-l2-h2-id-c1e12-tiny-a-s42",
+        "sasrec-d8-l2-h2-id-c3e12-tiny-a-s42",
+        "sasrec-d16-l2-h2-id-c3e12-tiny-a-s42",
+    ]
+
+
 def test_relative_sqlite_uri_is_made_absolute(tmp_path, monkeypatch):
     from recbole_fork.tracking import resolve_tracking_uri as absolute_tracking_uri
 
