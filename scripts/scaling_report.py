@@ -15,13 +15,12 @@ never changed. Example, the original study's own runs:
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
 from recbole_fork.errors import UserError
 from recbole_fork.scaling.holdout import HOLDOUTS
 from recbole_fork.scaling.mapping import StoreMapping, load_mapping
-from recbole_fork.scaling.report import DATA_AXES, scaling_report
+from recbole_fork.scaling.report import DATA_AXES, portable_command, scaling_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = parser.parse_args(argv)
-    command = "python scripts/scaling_report.py " + shlex.join(
+    command = "python scripts/scaling_report.py " + portable_command(
         sys.argv[1:] if argv is None else argv
     )
     try:

@@ -91,6 +91,27 @@ class ReportError(UserError, ValueError):
     """A user-caused problem with a report request (unknown metric, bad axis)."""
 
 
+_URI_PREFIXES = ("sqlite:///", "file://")
+
+
+def portable_command(words: Sequence[str], cwd: str | os.PathLike | None = None) -> str:
+    """``words`` as one shell line with every absolute path (plain, ``sqlite:///`` or
+    ``file://``) made relative to ``cwd`` (default: the working directory), so a committed
+    report's "Made with" line names no folder of the machine it was made on and reruns from
+    the same place. Relative paths and other words are kept as they are."""
+    import shlex
+
+    base = os.fspath(cwd) if cwd is not None else os.getcwd()
+
+    def portable(word: str) -> str:
+        for prefix in _URI_PREFIXES:
+            if word.startswith(prefix + "/"):
+                return prefix + os.path.relpath(word[len(prefix) :], base)
+        return os.path.relpath(word, base) if os.path.isabs(word) else word
+
+    return shlex.join(portable(w) for w in words)
+
+
 def metric_orientation(metric: str) -> str:
     """'lower' for losses, 'higher' for ranking metrics (by name).
 

@@ -89,6 +89,8 @@ def test_report_from_mlflow_store(tmp_path):
     assert scaling_report_main(argv) == 0
 
     text = (out / "report.md").read_text()
+    made_with = text.split("Made with:", 1)[1].split("\n\n")[1]
+    assert not re.search(r"(^|\s|:///)/", made_with), made_with  # no absolute path
     assert "12 finished runs" in text  # the failed run is left out, the duplicate counted once
     assert "sasrecx-d8-l1-amazon-1M-s42" in text and "broken-run" not in text
     assert "newest of each is used: sasrecx-d8-l1-amazon-1M-s42" in text
@@ -327,3 +329,14 @@ def test_overfitting_counts_runs_whose_valid_loss_rises():
             run([(0, 5.0), (3, 4.0), (5, 6.0)]),  # minimum at epoch 3
             run([(0, 5.0)])]  # fmt: skip
     assert overfitting(runs) == (2, 3, 2.0)
+
+
+def test_portable_command_makes_absolute_paths_relative(tmp_path):
+    from recbole_fork.scaling.report import portable_command
+
+    words = ["--tracking-uri", f"sqlite:///{tmp_path}/a b/m.db", "--out", str(tmp_path / "r"),
+             "--store", (tmp_path / "s.db").as_uri(), "--metric", "best_test_loss", "docs/x"]  # fmt: skip
+    line = portable_command(words, cwd=tmp_path)
+    assert line == ("--tracking-uri 'sqlite:///a b/m.db' --out r --store file://s.db "
+                    "--metric best_test_loss docs/x")  # fmt: skip
+    assert portable_command(["/elsewhere/f"], cwd=tmp_path / "x").startswith("../../")
