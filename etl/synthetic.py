@@ -463,7 +463,6 @@ def _meta_2018_lines(
     asins per item ([n, 2] flattened) used for `also_buy` / `also_view`. All text is built
     from JSON-safe words, so lines are assembled without a JSON encoder (fast, vectorised).
     """
-    n = len(items)
     h = [_unit(_splitmix(items, key + s)) for s in range(12)]
     asin = _asins(items, key)
     n_topic, n_brand = 10, 6
@@ -509,6 +508,21 @@ def _meta_2018_lines(
         _join('["', cap(adj), " ", pc.utf8_lower(noun), " from ", brand, '."]'),
         "[]",
     )
+    return meta_2018_record(
+        asin, h, category=category, description=description, title=title, brand=brand_out,
+        main_cat=main_cat, neighbours=neighbours,
+    )  # fmt: skip
+
+
+def meta_2018_record(
+    asin: pa.Array, h: list[np.ndarray], *, category: pa.Array, description: pa.Array,
+    title: pa.Array, brand: pa.Array, main_cat: pa.Array, neighbours: pa.Array,
+) -> pa.Array:  # fmt: skip
+    """2018 metadata JSON lines of items whose text fields are given, in the real field order;
+    the other fields (also_buy/also_view from `neighbours`, two per item; rank, details,
+    price, images) drawn from the item's hash draws `h[1..9]`. Shared by both synthetic modes.
+    """
+    n = len(asin)
     pair = _join('["', pc.take(neighbours, pa.array(2 * np.arange(n))), '", "',
                  pc.take(neighbours, pa.array(2 * np.arange(n) + 1)), '"]')  # fmt: skip
     also_buy = _choose(h[1] < 0.3, pair, "[]")
@@ -529,7 +543,7 @@ def _meta_2018_lines(
         ', "tech1": "", "description": ', description,
         ', "fit": "", "title": "', title,
         '", "also_buy": ', also_buy,
-        ', "tech2": "", "brand": "', brand_out,
+        ', "tech2": "", "brand": "', brand,
         '", "feature": [], "rank": ', rank,
         ', "also_view": ', also_view,
         ', "details": ', details,

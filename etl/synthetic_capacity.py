@@ -54,7 +54,6 @@ from etl.synthetic import (
     FINETUNE_USER_BASE,
     FIRST_DAY_2014,
     FIRST_DAY_2018,
-    IMAGE_PREFIX,
     LAST_DAY_2014,
     LAST_DAY_2018,
     MAIN_CAT,
@@ -328,7 +327,6 @@ def _meta_2018_lines(
     so the text names the fine cluster; faults as the default mode's (a few empty or tagged
     titles, missing brands).
     """
-    n = len(items)
     h = [_unit(_splitmix(items, key + 500 + s)) for s in range(12)]
     asin = _asins(items, key)
     parts = _title_parts(world, fine, h)
@@ -358,36 +356,9 @@ def _meta_2018_lines(
         _join('["', adj, " ", pc.utf8_lower(noun), " from ", parts["brand"], '."]'),
         "[]",
     )
-    pair = _join('["', pc.take(neighbours, pa.array(2 * np.arange(n))), '", "',
-                 pc.take(neighbours, pa.array(2 * np.arange(n) + 1)), '"]')  # fmt: skip
-    also_buy = _choose(h[1] < 0.3, pair, "[]")
-    also_view = _choose(h[2] < 0.4, pair, "[]")
-    rank_n = pc.cast(pa.array((h[3] * 2_000_000).astype(np.int64) + 1), pa.string())
-    rank = _choose(h[4] < 0.5, _join('"', rank_n, " in ", main_cat, ' ("'), "[]")
-    details = _choose(h[5] < 0.5, _join('{"ASIN: ": "', asin, '"}'), "{}")
-    dollars = pc.cast(pa.array((h[6] * 80).astype(np.int64) + 1), pa.string())
-    cents = _take([f"{c:02d}" for c in range(100)], (h[7] * 100).astype(np.int64))
-    price = _choose(h[8] < 0.6, _join("$", dollars, ".", cents), "")
-    has_img = h[9] < 0.3
-    image = _choose(
-        has_img, _join(f'["{IMAGE_PREFIX}', asin, '._SX38_SY50_CR,0,0,38,50_.jpg"]'), "[]"
-    )
-    image_hr = _choose(has_img, _join(f'["{IMAGE_PREFIX}', asin, '.jpg"]'), "[]")
-    return _join(
-        '{"category": ', category,
-        ', "tech1": "", "description": ', description,
-        ', "fit": "", "title": "', title,
-        '", "also_buy": ', also_buy,
-        ', "tech2": "", "brand": "', brand_out,
-        '", "feature": [], "rank": ', rank,
-        ', "also_view": ', also_view,
-        ', "details": ', details,
-        ', "main_cat": "', main_cat,
-        '", "similar_item": "", "date": "", "price": "', price,
-        '", "asin": "', asin,
-        '", "imageURL": ', image,
-        ', "imageURLHighRes": ', image_hr,
-        "}\n",
+    return base.meta_2018_record(
+        asin, h, category=category, description=description, title=title, brand=brand_out,
+        main_cat=main_cat, neighbours=neighbours,
     )  # fmt: skip
 
 

@@ -6,8 +6,6 @@ left unchanged."""
 from __future__ import annotations
 
 import ast
-import csv
-import gzip
 import hashlib
 import json
 import re
@@ -18,31 +16,18 @@ import numpy as np
 import pytest
 
 from etl import synthetic
-from etl.synthetic import META_2018_FIELDS, META_2018_FILE, RATINGS_FILE, REVIEW_2014_FIELDS
+from etl.synthetic import META_2018_FIELDS, META_2018_FILE, REVIEW_2014_FIELDS
 from etl.synthetic_capacity import CapacityParams, build_world, generate_capacity, walk
+from tests.etl.test_synthetic import ALL_FILES, _lines, _ratings
 
 N = 20_000
 FT_USERS = 2_000
-ALL_FILES = sorted(
-    [RATINGS_FILE, META_2018_FILE]
-    + [name for files in synthetic.FINETUNE_DOMAINS.values() for name in files[:2]]
-)
 
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     out = tmp_path_factory.mktemp("capacity")
     return out, generate_capacity(out, N, seed=5, finetune_users=FT_USERS)
-
-
-def _lines(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return f.read().splitlines()
-
-
-def _ratings(raw_dir: Path) -> list[list[str]]:
-    with open(raw_dir / RATINGS_FILE, newline="") as f:
-        return list(csv.reader(f))
 
 
 def test_default_mode_bytes_are_unchanged(tmp_path):
