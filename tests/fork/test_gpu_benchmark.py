@@ -143,7 +143,7 @@ def test_a_failing_or_slow_unit_costs_one_line_and_the_next_one_runs(tmp_path, c
         raise ValueError("shape [3] is not [4]\nsecond line never printed")
 
     def slow():
-        time.sleep(5)
+        time.sleep(60)
         return {}
 
     first = runner.unit("broken", broken, needs_s=0, limit_s=10)
@@ -152,7 +152,7 @@ def test_a_failing_or_slow_unit_costs_one_line_and_the_next_one_runs(tmp_path, c
     assert first["status"] == "failed"
     assert first["reason"] == "ValueError: shape [3] is not [4]"
     assert second["status"] == "failed" and second["reason"] == "UnitTimeout: timed out after 0.3 s"
-    assert second["seconds"] < 2
+    assert second["seconds"] < 30  # cut off, not waited for (a wide margin: shared machines)
     assert third["status"] == "ok" and third["summary"] == "42 tokens/s"
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
