@@ -268,6 +268,11 @@ def isoflop_figure(iso: IsoFlopFrontier, *, y_label: str, caption: str = "") -> 
     ax.legend(loc="best")
     ax = axes[1]
     inside = [p for p in iso.profiles if p.inside]
+    if not inside:  # every minimum is an extrapolation: nothing to draw on log axes
+        ax.text(0.5, 0.5, "no budget's minimum lies\ninside the sizes run:\nN*(C) not determined",
+                ha="center", va="center", transform=ax.transAxes, fontsize=8)  # fmt: skip
+        ax.set_axis_off()
+        return fig
     ax.plot(
         [p.budget for p in inside], [p.n_opt for p in inside], "ko", ms=4, label="N* per budget"
     )

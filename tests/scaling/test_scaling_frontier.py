@@ -136,3 +136,18 @@ def test_isoflop_profile_needs_three_sizes_and_a_minimum():
         np.full(3, 1e12), np.array([1e4, 1e5, 1e6]), np.ones(3), np.array([2.0, 3.0, 2.0])
     )
     assert iso.profiles == [] and "no minimum" in iso.failed[1e12] and iso.exponents is None
+
+
+def test_isoflop_figure_with_every_minimum_outside_its_sizes(tmp_path):
+    """Profiles whose minima all lie beyond the largest size run: the left panel is drawn,
+    the right one says N*(C) is not determined (no log axis over nothing)."""
+    from recbole_fork.scaling import figures
+
+    rows = [(c, n, c / (6 * n), 3.0 + 0.05 * np.log(n / 1e7) ** 2)
+            for c in (1e12, 1e13) for n in (1e4, 1e5, 1e6)]  # fmt: skip
+    c, n, d, y = (np.array(col) for col in zip(*rows, strict=True))
+    iso = isoflop_frontier(c, n, d, y)
+    assert len(iso.profiles) == 2 and not any(p.inside for p in iso.profiles)
+    fig = figures.isoflop_figure(iso, y_label="test loss")
+    written = figures.save_figure(fig, tmp_path, "iso")
+    assert {p.suffix for p in written} == {".png", ".svg"}
