@@ -345,3 +345,23 @@ def test_sweep_on_local_ray_resumes_without_duplicates(tmp_path):
     assert failed == ["sasrec-d8-l1-h2-id-tiny-b-s42"]  # the first attempt, kept as history
     for name in finished:
         assert (tmp_path / "ckpt" / name / "checkpoint.pth").read_bytes() == b"fake"
+
+
+def test_every_shipped_sweep_file_expands_to_its_stated_trials():
+    """Each sweep file in confs/sweeps/ loads and expands (no data needed, except a token
+    budget, which names the missing dataset), to the trial count its header states."""
+    from pathlib import Path
+
+    sweeps = Path(__file__).resolve().parents[2] / "confs" / "sweeps"
+    stated = {"beauty-size.yaml": 4, "beauty-study.yaml": 72, "capacity-calibration.yaml": 10,
+              "cpu-study.yaml": 192, "srt-grid.yaml": 120, "tiny.yaml": 8}  # fmt: skip
+    counts = {}
+    for path in sorted(sweeps.glob("*.yaml")):
+        if path.name == "cpu-small.yaml":  # a token budget reads the dataset's size
+            with pytest.raises(UserError, match="build the dataset first"):
+                expand_trials(load_sweep(path))
+            continue
+        trials = expand_trials(load_sweep(path))
+        assert len({t.run_name for t in trials}) == len(trials), path.name
+        counts[path.name] = len(trials)
+    assert counts == stated
