@@ -39,7 +39,7 @@ import argparse
 import gzip
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -651,15 +651,23 @@ def _review_times(days: np.ndarray) -> list[str]:
     return [f"{m:02d} {d}, {y}" for m, d, y in zip(month.tolist(), day.tolist(), year, strict=True)]
 
 
-def _write_finetune(
+# An item's text in the 2014 metadata: (j, local item, adjective, noun, hash draws) ->
+# (brand, title, the word its description names, its category path).
+ItemText = Callable[[int, int, str, str, list[np.ndarray]], tuple[str, str, str, list[str]]]
+
+
+def write_finetune_domain(
     out_dir: Path,
     domain: str,
     data: dict[str, np.ndarray],
-    vocab: _Vocab,
     rng: np.random.Generator,
     key: int,
+    *,
+    n_catalog: int,
+    item_text: ItemText,
 ) -> tuple[dict[str, int], np.ndarray]:
-    """Write the 2014 5-core review file and 2014 metadata of one domain.
+    """Write the 2014 5-core review file and 2014 metadata of one domain (both modes: the
+    mode gives the size of the domain's catalog and each item's text).
 
     Returns the counts and the item indices that also get a 2018 metadata line.
     """
@@ -700,28 +708,21 @@ def _write_finetune(
     # 2014 metadata: most rated items, plus unrated items of the same catalog (the real
     # meta files cover a whole category, far beyond its 5-core items).
     rated = _unique(item_idx)
-    n_catalog = len(data["cluster_of_item"])
     extra = base + rng.choice(n_catalog, size=min(n_catalog, len(rated) // 3), replace=False)
     meta_items = _unique(np.concatenate([rated, extra]))
     h = _unit(_splitmix(meta_items, key + 101))
-    has_2014 = h < 0.85
-    items_2014 = meta_items[has_2014]
-    clusters = data["cluster_of_item"][items_2014 - base]
+    items_2014 = meta_items[h < 0.85]
     meta_asins = _asins(items_2014, key).to_pylist()
     hh = [_unit(_splitmix(items_2014, key + 200 + s)) for s in range(8)]
     nouns = ROOT_NOUNS[root]
     rows = []
-    for j, (asin, c) in enumerate(zip(meta_asins, clusters, strict=True)):
-        topics, brands = vocab.topics[c], vocab.brands[c]
-        t1 = int(hh[0][j] * 10)
-        t2 = (t1 + 1 + int(hh[1][j] * 9)) % 10
-        brand = brands[int(hh[2][j] * 6)]
+    for j, (asin, local) in enumerate(zip(meta_asins, (items_2014 - base).tolist(), strict=True)):
         adj = ADJECTIVES[int(hh[3][j] * len(ADJECTIVES))]
         noun = nouns[int(hh[4][j] * len(nouns))]
-        title = f"{adj} {topics[t1].title()} {topics[t2].title()} {noun}"
+        brand, title, fan_word, categories = item_text(j, local, adj, noun, hh)
         row: dict[str, object] = {"asin": asin}
         if hh[5][j] < 0.5:
-            row["description"] = f"A {noun.lower()} from {brand} for {topics[t1]} fans."
+            row["description"] = f"A {noun.lower()} from {brand} for {fan_word} fans."
         if hh[5][j] < 0.95:
             row["title"] = title
         if hh[6][j] < 0.85:
@@ -732,7 +733,7 @@ def _write_finetune(
         row["salesRank"] = {root: 1 + int(hh[7][j] * 500_000)}
         if hh[4][j] * 10 % 1 < 0.8:
             row["brand"] = brand
-        row["categories"] = [[root, vocab.l2(c), vocab.l3(c)]]
+        row["categories"] = [categories]
         rows.append(str(row) + "\n")
     with _atomic(out_dir / meta_file, compress=True) as f:
         f.write("".join(rows).encode())
@@ -746,6 +747,31 @@ def _write_finetune(
         f"{domain}_items_in_meta_2018": int(_member(rated, meta_items[in_2018]).sum()),
         f"{domain}_items_without_meta": int(_member(rated, meta_items[h >= 0.95]).sum()),
     }, meta_items[in_2018]
+
+
+def _write_finetune(
+    out_dir: Path,
+    domain: str,
+    data: dict[str, np.ndarray],
+    vocab: _Vocab,
+    rng: np.random.Generator,
+    key: int,
+) -> tuple[dict[str, int], np.ndarray]:
+    """The default mode's domain files: titles from two of the item cluster's topics."""
+    root = FINETUNE_DOMAINS[domain][2]
+    clusters = data["cluster_of_item"]
+
+    def item_text(j: int, local: int, adj: str, noun: str, hh: list[np.ndarray]):
+        c = clusters[local]
+        topics, brands = vocab.topics[c], vocab.brands[c]
+        t1 = int(hh[0][j] * 10)
+        t2 = (t1 + 1 + int(hh[1][j] * 9)) % 10
+        title = f"{adj} {topics[t1].title()} {topics[t2].title()} {noun}"
+        return brands[int(hh[2][j] * 6)], title, topics[t1], [root, vocab.l2(c), vocab.l3(c)]
+
+    return write_finetune_domain(
+        out_dir, domain, data, rng, key, n_catalog=len(clusters), item_text=item_text
+    )
 
 
 def generate(

@@ -37,7 +37,6 @@ formats (asins, reviewer ids, atomic gzip writes, day sequences) are `etl.synthe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -486,89 +485,24 @@ def _write_finetune(
     rng: np.random.Generator,
     key: int,
 ) -> tuple[dict[str, int], np.ndarray]:
-    """The 2014 5-core review file and the 2014 metadata of one domain (real formats).
+    """The domain's 2014 files (`etl.synthetic.write_finetune_domain`): each title and
+    category path names the item's fine cluster and one of its coarse cluster's words."""
+    root = FINETUNE_DOMAINS[domain][2]
+    fine_of = data["fine_of_item"]
 
-    Returns the counts and the item indices that also get a 2018 metadata line.
-    """
-    review_file, meta_file, root, _ = FINETUNE_DOMAINS[domain]
-    item_base = FINETUNE_ITEM_BASE[domain]
-    users = _reviewer_ids(data["user"], key).to_pylist()
-    item_idx = data["item"]
-    asins = _asins(item_idx, key).to_pylist()
-    order = np.argsort(_asin_codes(item_idx, key).view("S10").ravel(), kind="stable")
-    n = len(order)
-    words = rng.integers(len(base.REVIEW_WORDS), size=(n, 6)).tolist()
-    names = rng.integers(len(base.FIRST_NAMES) * len(base.LAST_NAMES), size=n).tolist()
-    votes = rng.integers(0, 4, size=(n, 2)).tolist()
-    no_name = (rng.random(n) < 0.02).tolist()
-    review_times = base._review_times(data["day"])
-    overall = data["rating"].astype(np.float64).tolist()
-    unix = (data["day"] * 86_400).tolist()
-    lines = []
-    for j in order.tolist():
-        w = [base.REVIEW_WORDS[k] for k in words[j]]
-        row: dict[str, object] = {"reviewerID": users[j], "asin": asins[j]}
-        if not no_name[j]:
-            first, last = divmod(names[j], len(base.LAST_NAMES))
-            row["reviewerName"] = f"{base.FIRST_NAMES[first]} {base.LAST_NAMES[last][0]}."
-        up, extra = votes[j]
-        row["helpful"] = [up, up + extra]
-        row["reviewText"] = f"{w[0].title()} {w[1]}, {w[2]} {w[3]}. Would {w[4]} {w[5]}."
-        row["overall"] = overall[j]
-        row["summary"] = f"{w[0].title()} {w[2]}"
-        row["unixReviewTime"] = unix[j]
-        row["reviewTime"] = review_times[j]
-        lines.append(json.dumps(row) + "\n")
-    with _atomic(out_dir / review_file, compress=True) as f:
-        f.write("".join(lines).encode())
-
-    # 2014 metadata: most rated items plus unrated ones of the same catalog.
-    rated = _unique(item_idx)
-    n_catalog = len(data["fine_of_item"])
-    extra = item_base + rng.choice(n_catalog, size=min(n_catalog, len(rated) // 3), replace=False)
-    meta_items = _unique(np.concatenate([rated, extra]))
-    h = _unit(_splitmix(meta_items, key + 101))
-    items_2014 = meta_items[h < 0.85]
-    fine = data["fine_of_item"][items_2014 - item_base]
-    meta_asins = _asins(items_2014, key).to_pylist()
-    hh = [_unit(_splitmix(items_2014, key + 200 + s)) for s in range(8)]
-    nouns = ROOT_NOUNS[root]
-    rows = []
-    for j, (asin, f) in enumerate(zip(meta_asins, fine.tolist(), strict=True)):
+    def item_text(j: int, local: int, adj: str, noun: str, hh: list[np.ndarray]):
+        f = int(fine_of[local])
         c = f // world.params.fine_per_coarse
-        brand = world.brands[c][int(hh[2][j] * 6)]
-        adj = ADJECTIVES[int(hh[3][j] * len(ADJECTIVES))]
-        noun = nouns[int(hh[4][j] * len(nouns))]
         fine_word = world.fine_words[f].title()
         coarse_word = world.coarse_words[c][int(hh[0][j] < 0.5)].title()
-        row: dict[str, object] = {"asin": asin}
-        if hh[5][j] < 0.5:
-            row["description"] = f"A {noun.lower()} from {brand} for {fine_word} fans."
-        if hh[5][j] < 0.95:
-            row["title"] = f"{adj} {fine_word} {coarse_word} {noun}"
-        if hh[6][j] < 0.85:
-            row["price"] = round(1.0 + float(hh[7][j]) * 60.0, 2)
-        row["imUrl"] = f"http://ecx.images-amazon.com/images/I/{asin}L._SY300_.jpg"
-        if hh[6][j] < 0.6:
-            row["related"] = {"also_bought": [meta_asins[(j + 1) % len(meta_asins)]]}
-        row["salesRank"] = {root: 1 + int(hh[7][j] * 500_000)}
-        if hh[4][j] * 10 % 1 < 0.8:
-            row["brand"] = brand
         a, b = world.coarse_words[c]
-        row["categories"] = [[root, f"{a.title()} & {b.title()}", f"{fine_word} Collection"]]
-        rows.append(str(row) + "\n")
-    with _atomic(out_dir / meta_file, compress=True) as fh:
-        fh.write("".join(rows).encode())
+        category = [root, f"{a.title()} & {b.title()}", f"{fine_word} Collection"]
+        title = f"{adj} {fine_word} {coarse_word} {noun}"
+        return world.brands[c][int(hh[2][j] * 6)], title, fine_word, category
 
-    in_2018 = ((h >= 0.10) & (h < 0.30)) | ((h >= 0.85) & (h < 0.95))
-    return {
-        f"{domain}_reviews": n,
-        f"{domain}_users": len(_unique(data["user"])),
-        f"{domain}_items": len(rated),
-        f"{domain}_meta_2014": len(items_2014),
-        f"{domain}_items_in_meta_2018": int(_member(rated, meta_items[in_2018]).sum()),
-        f"{domain}_items_without_meta": int(_member(rated, meta_items[h >= 0.95]).sum()),
-    }, meta_items[in_2018]
+    return base.write_finetune_domain(
+        out_dir, domain, data, rng, key, n_catalog=len(fine_of), item_text=item_text
+    )
 
 
 def generate_capacity(
