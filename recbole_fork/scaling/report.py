@@ -1077,7 +1077,7 @@ def _form_figures(
         save(figures.isoflop_figure(fa.isoflop, y_label=y_label, caption=caption), "isoflop")
     for t in fa.holdouts:
         if t.held:
-            save(figures.holdout_figure(t, name, caption=caption), f"holdout_{t.which}")
+            save(figures.holdout_figure(t, name, caption=caption), f"extrapolation_{t.which}")
     return stems, written
 
 
