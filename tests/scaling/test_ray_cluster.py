@@ -25,7 +25,7 @@ from tests.netns_util import private_network
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the virtualenv's python and ray
 PORT = 6379  # any port is free in a fresh network namespace
-RUN_NAMES = ["sasrecx-d8-l1-tiny-s42", "sasrecx-d16-l1-tiny-s42"]
+RUN_NAMES = ["sasrec-d8-l1-h1-id-tiny-s42", "sasrec-d16-l1-h1-id-tiny-s42"]  # naming.run_name
 
 # Runs in the namespaces. $1: the work folder (sweep.yaml, data/, logs/, outputs),
 # $2: a short folder for the nodes' temp dirs (Ray's unix sockets live there, and a socket
