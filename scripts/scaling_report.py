@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from recbole_fork.errors import UserError
-from recbole_fork.scaling.holdout import HOLDOUTS
+from recbole_fork.scaling.extrapolation import HOLDOUTS
 from recbole_fork.scaling.mapping import StoreMapping, load_mapping
 from recbole_fork.scaling.report import DATA_AXES, portable_command, scaling_report
 

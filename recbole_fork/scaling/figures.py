@@ -21,8 +21,8 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from recbole_fork.scaling.extrapolation import ExtrapolationTest
 from recbole_fork.scaling.frontier import EmpiricalFrontier, IsoFlopFrontier, optimal_allocation
-from recbole_fork.scaling.holdout import ExtrapolationTest
 from recbole_fork.scaling.laws import JointLawFit, PowerLaw2Fit
 
 FORMATS = ("png", "svg")

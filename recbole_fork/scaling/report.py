@@ -56,6 +56,7 @@ from recbole_fork.scaling.compare import (
     paired_difference,
     shape_effects,
 )
+from recbole_fork.scaling.extrapolation import HOLDOUTS, ExtrapolationTest, extrapolation_test
 from recbole_fork.scaling.frontier import (
     EmpiricalFrontier,
     FrontierExponents,
@@ -66,7 +67,6 @@ from recbole_fork.scaling.frontier import (
     frontier_determined,
     isoflop_frontier,
 )
-from recbole_fork.scaling.holdout import HOLDOUTS, ExtrapolationTest, extrapolation_test
 from recbole_fork.scaling.laws import (
     FORMS,
     FitError,

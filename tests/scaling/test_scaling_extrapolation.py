@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recbole_fork.scaling.cells import Cell
-from recbole_fork.scaling.holdout import extrapolation_test, holdout_split
+from recbole_fork.scaling.extrapolation import extrapolation_test, holdout_split
 from recbole_fork.scaling.laws import FORMS, FitError
 
 LAW = {"E": 2.0, "A": 60.0, "alpha": 0.3, "B": 90.0, "beta": 0.35}
