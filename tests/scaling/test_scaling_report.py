@@ -117,7 +117,8 @@ def test_report_from_mlflow_store(tmp_path):
     assert "Metrics: 10000 sampled negatives. Data: amazon-100K, amazon-10M, amazon-1M." in summary
 
     stems = [
-        f"best_test_loss_loss_{kind}" for kind in ("vs_N", "vs_D", "frontier", "extrapolation_largest-N")
+        f"best_test_loss_loss_{kind}"
+        for kind in ("vs_N", "vs_D", "frontier", "extrapolation_largest-N")
     ]
     stems.append("loss_curves")
     expected = {f"{s}.{ext}" for s in stems for ext in ("png", "svg")} | {"report.md"}
