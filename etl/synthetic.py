@@ -774,6 +774,49 @@ def _write_finetune(
     )
 
 
+# One chunk of pre-training users: (chunk index, interactions still to write) ->
+# (history lengths, items, ratings, days), each chunk from its own generator.
+RatingsChunk = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def write_ratings_csv(
+    out_dir: Path, interactions: int, key: int, chunk_of: RatingsChunk, progress: bool
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Write the 2018 ratings CSV (`item,user,rating,timestamp`), chunk by chunk, users
+    `USERS_PER_CHUNK` to a chunk, until `interactions` rows (both modes).
+
+    Returns:
+        rows written, every user's history length, the distinct rated items.
+    """
+    rated_parts: list[np.ndarray] = []
+    user_lengths: list[np.ndarray] = []
+    rating_text = pa.array(["0.0", "1.0", "2.0", "3.0", "4.0", "5.0"])
+    written, chunk = 0, 0
+    bar = tqdm(total=interactions, unit="row", disable=not progress, desc="ratings")
+    with _atomic(out_dir / RATINGS_FILE, compress=False) as f:
+        while written < interactions:
+            lengths, items, ratings, days = chunk_of(chunk, interactions - written)
+            user = _reviewer_ids(chunk * USERS_PER_CHUNK + np.arange(len(lengths)), key)
+            lines = _join(
+                _asins(items, key),
+                ",",
+                pc.take(user, pa.array(np.repeat(np.arange(len(lengths)), lengths))),
+                ",",
+                pc.take(rating_text, pa.array(ratings)),
+                ",",
+                pc.cast(pa.array(days * 86_400), pa.string()),
+                "\n",
+            )
+            f.write(_array_bytes(lines))
+            rated_parts.append(_unique(items))
+            user_lengths.append(lengths)
+            written += len(items)
+            bar.update(len(items))
+            chunk += 1
+    bar.close()
+    return written, np.concatenate(user_lengths), _unique(np.concatenate(rated_parts))
+
+
 def generate(
     out_dir: Path,
     interactions: int,
@@ -813,39 +856,11 @@ def generate(
 
     # Ratings, chunk by chunk: each chunk has its own generator, so a chunk's content does not
     # depend on how many chunks follow.
-    rated_parts: list[np.ndarray] = []
-    user_lengths: list[np.ndarray] = []
-    rating_text = pa.array(["0.0", "1.0", "2.0", "3.0", "4.0", "5.0"])
-    written, chunk = 0, 0
-    bar = tqdm(total=interactions, unit="row", disable=not progress, desc="ratings")
-    with _atomic(out_dir / RATINGS_FILE, compress=False) as f:
-        while written < interactions:
-            rng = np.random.default_rng([seed, 2, chunk])
-            lengths, items, ratings, days = _pretrain_chunk(
-                rng, USERS_PER_CHUNK, interactions - written, catalog
-            )
-            first_user = chunk * USERS_PER_CHUNK
-            user = _reviewer_ids(first_user + np.arange(len(lengths)), key)
-            lines = _join(
-                _asins(items, key),
-                ",",
-                pc.take(user, pa.array(np.repeat(np.arange(len(lengths)), lengths))),
-                ",",
-                pc.take(rating_text, pa.array(ratings)),
-                ",",
-                pc.cast(pa.array(days * 86_400), pa.string()),
-                "\n",
-            )
-            f.write(_array_bytes(lines))
-            rated_parts.append(_unique(items))
-            user_lengths.append(lengths)
-            written += len(items)
-            bar.update(len(items))
-            chunk += 1
-    bar.close()
-    lengths_all = np.concatenate(user_lengths)
-    rated = _unique(np.concatenate(rated_parts))
-    del rated_parts
+    def chunk_of(chunk: int, budget: int):
+        rng = np.random.default_rng([seed, 2, chunk])
+        return _pretrain_chunk(rng, USERS_PER_CHUNK, budget, catalog)
+
+    written, lengths_all, rated = write_ratings_csv(out_dir, interactions, key, chunk_of, progress)
 
     counts: dict[str, int] = {
         "ratings": written,

@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from etl import synthetic as base
 from etl.synthetic import (
@@ -59,7 +58,6 @@ from etl.synthetic import (
     META_2018_FILE,
     RATING_PROBS,
     RATING_VALUES,
-    RATINGS_FILE,
     ROOT_NOUNS,
     ROOTS,
     SAME_DAY,
@@ -72,7 +70,6 @@ from etl.synthetic import (
     _days,
     _join,
     _member,
-    _reviewer_ids,
     _splitmix,
     _strings,
     _take,
@@ -541,37 +538,13 @@ def generate_capacity(
     key = int(np.random.default_rng([seed, 7]).integers(1 << 62))
     world = build_world(seed, params)
 
-    rated_parts: list[np.ndarray] = []
-    user_lengths: list[np.ndarray] = []
-    rating_text = pa.array(["0.0", "1.0", "2.0", "3.0", "4.0", "5.0"])
-    written, chunk = 0, 0
-    bar = tqdm(total=interactions, unit="row", disable=not progress, desc="ratings")
-    with _atomic(out_dir / RATINGS_FILE, compress=False) as f:
-        while written < interactions:
-            rng = np.random.default_rng([seed, 13, chunk])
-            lengths, items, ratings, days = _pretrain_chunk(
-                rng, world, USERS_PER_CHUNK, interactions - written
-            )
-            user = _reviewer_ids(chunk * USERS_PER_CHUNK + np.arange(len(lengths)), key)
-            lines = _join(
-                _asins(items, key),
-                ",",
-                pc.take(user, pa.array(np.repeat(np.arange(len(lengths)), lengths))),
-                ",",
-                pc.take(rating_text, pa.array(ratings)),
-                ",",
-                pc.cast(pa.array(days * 86_400), pa.string()),
-                "\n",
-            )
-            f.write(_array_bytes(lines))
-            rated_parts.append(_unique(items))
-            user_lengths.append(lengths)
-            written += len(items)
-            bar.update(len(items))
-            chunk += 1
-    bar.close()
-    lengths_all = np.concatenate(user_lengths)
-    rated = _unique(np.concatenate(rated_parts))
+    def chunk_of(chunk: int, budget: int):
+        rng = np.random.default_rng([seed, 13, chunk])
+        return _pretrain_chunk(rng, world, USERS_PER_CHUNK, budget)
+
+    written, lengths_all, rated = base.write_ratings_csv(
+        out_dir, interactions, key, chunk_of, progress
+    )
     counts: dict[str, int] = {
         "ratings": written,
         "users": len(lengths_all),
