@@ -128,6 +128,14 @@ def history(checkpoint: Path, uri: str) -> list[dict[str, float]]:
     return rows
 
 
+def ml100k_data_path() -> str:
+    """The folder holding RecBole's bundled ml-100k atomic files (``<it>/ml-100k/``): the
+    fork reads only the ``data_path`` it is given (issue 17), so the benchmarks name it."""
+    import recbole
+
+    return str(Path(recbole.__file__).resolve().parent / "dataset_example")
+
+
 def run_seed(
     mode: str,
     name: str,
@@ -144,7 +152,7 @@ def run_seed(
 
     torch.set_num_threads(threads)
     conf = REPO / CONFIGS[name]
-    settings = [*overrides, f"seed={seed}"]
+    settings = [*overrides, f"seed={seed}", f"data_path={ml100k_data_path()}"]
     if name == "recbole-sasrec":
         # RecBole's own keys: its checkpoint and log folders go under the work folder.
         settings.append(f"checkpoint_dir={work / 'saved'}")

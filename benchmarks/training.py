@@ -290,11 +290,14 @@ def part_positions(args, device: torch.device) -> dict[str, Any]:
     }
     stock_side["wall_s"] = stock_side["train_s"] + stock_side["valid_eval_s"]
 
+    from benchmarks.ml100k import ml100k_data_path
+
     overrides = {
         "epochs": args.epochs,
         "show_progress": False,
         "use_gpu": device.type == "cuda",
         "seed": args.seed,
+        "data_path": ml100k_data_path(),
     }
     config = build_config(REPO / "confs" / "pre_train" / "ml-100k-sasrec.yaml", overrides)
     watch = _Watch(target)
