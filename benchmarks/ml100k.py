@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
 from benchmarks.quality import seed_stats  # noqa: E402  (after the path insert)
@@ -152,7 +154,9 @@ def run_seed(
 
     torch.set_num_threads(threads)
     conf = REPO / CONFIGS[name]
-    settings = [*overrides, f"seed={seed}", f"data_path={ml100k_data_path()}"]
+    settings = [*overrides, f"seed={seed}"]
+    if "data_path" not in (yaml.safe_load(conf.read_text(encoding="utf-8")) or {}):
+        settings.append(f"data_path={ml100k_data_path()}")  # the shipped ml-100k configs
     if name == "recbole-sasrec":
         # RecBole's own keys: its checkpoint and log folders go under the work folder.
         settings.append(f"checkpoint_dir={work / 'saved'}")

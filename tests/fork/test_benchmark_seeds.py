@@ -129,3 +129,15 @@ def test_ml100k_early_mode_stops_on_patience_with_a_constant_lr():
     over = ml100k.mode_overrides("early", 10, 100, 3)
     assert "scheduler.type=constant" in over and "stopping_step=3" in over
     assert "epochs=100" in over and "eval_step=1" in over
+
+
+def test_shipped_ml100k_configs_read_recbole_bundled_copy():
+    """The shipped ml-100k configs name no data_path, and the fork reads only the one it is
+    given: the benchmark names RecBole's bundled copy, which holds the atomic files."""
+    from pathlib import Path
+
+    import yaml
+
+    for conf in ml100k.CONFIGS.values():
+        assert "data_path" not in yaml.safe_load((ml100k.REPO / conf).read_text())
+    assert (Path(ml100k.ml100k_data_path()) / "ml-100k" / "ml-100k.inter").is_file()
