@@ -582,6 +582,22 @@ def _pretrain_chunk(
     return lengths, items, ratings, days
 
 
+def five_core(user_local: np.ndarray, item_local: np.ndarray, n_users: int, n_items: int):
+    """Rows kept by the 5-core filter: the first of each (user, item) pair, then, repeatedly,
+    only rows whose user and item both keep at least 5 (each pass can push others below 5)."""
+    pair = user_local * (1 << 33) + item_local
+    _, first = np.unique(pair, return_index=True)
+    keep = np.zeros(len(item_local), dtype=bool)
+    keep[first] = True
+    while True:
+        u_count = np.bincount(user_local[keep], minlength=n_users)
+        i_count = np.bincount(item_local[keep], minlength=n_items)
+        ok = keep & (u_count[user_local] >= 5) & (i_count[item_local] >= 5)
+        if ok.sum() == keep.sum():
+            return keep
+        keep = ok
+
+
 def _finetune(
     rng: np.random.Generator,
     domain: str,
@@ -618,18 +634,7 @@ def _finetune(
     user = users[user_local]
     # One review per (user, item), the earliest; then the 5-core: drop users and items with
     # fewer than 5 reviews until none is left (each pass can push others below 5).
-    pair = user_local * (1 << 33) + (item - FINETUNE_ITEM_BASE[domain])
-    _, first = np.unique(pair, return_index=True)
-    keep = np.zeros(len(item), dtype=bool)
-    keep[first] = True
-    while True:
-        u_count = np.bincount(user_local[keep], minlength=n_users)
-        i_local = item - FINETUNE_ITEM_BASE[domain]
-        i_count = np.bincount(i_local[keep], minlength=int(offsets[-1]))
-        ok = keep & (u_count[user_local] >= 5) & (i_count[i_local] >= 5)
-        if ok.sum() == keep.sum():
-            break
-        keep = ok
+    keep = five_core(user_local, item - FINETUNE_ITEM_BASE[domain], n_users, int(offsets[-1]))
     cluster_of_item = domain_clusters[np.searchsorted(offsets, np.arange(offsets[-1]), "right") - 1]
     return {
         "user": user[keep],

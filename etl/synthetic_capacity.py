@@ -452,18 +452,7 @@ def _finetune(
         )
     user = users[user_local]
     # One review per (user, item), the earliest; then the 5-core filter to a fixed point.
-    pair = user_local * (1 << 33) + (item - FINETUNE_ITEM_BASE[domain])
-    _, first = np.unique(pair, return_index=True)
-    keep = np.zeros(len(item), dtype=bool)
-    keep[first] = True
-    i_local = item - FINETUNE_ITEM_BASE[domain]
-    while True:
-        u_count = np.bincount(user_local[keep], minlength=n_users)
-        i_count = np.bincount(i_local[keep], minlength=int(offsets[-1]))
-        ok = keep & (u_count[user_local] >= 5) & (i_count[i_local] >= 5)
-        if ok.sum() == keep.sum():
-            break
-        keep = ok
+    keep = base.five_core(user_local, item - FINETUNE_ITEM_BASE[domain], n_users, int(offsets[-1]))
     fine_of_item = domain_fine[np.searchsorted(offsets, np.arange(offsets[-1]), "right") - 1]
     return {
         "user": user[keep],
