@@ -169,6 +169,37 @@ class SeqDataset(Dataset):
             else:
                 feat[field] = [ids[a:b] for a, b in zip(np.cumsum(lens) - lens, np.cumsum(lens))]
 
+    def _normalize(self) -> None:
+        """RecBole's min-max normalisation of float fields, never of the time field.
+
+        RecBole's own ``ml-100k`` properties set ``normalize_all: True``, which would scale the
+        timestamp to [0, 1] as well: HSTU's time bias would then see fractions of the whole
+        period (every gap in bucket 0, the ``next`` / ``own`` options identical) and a
+        ``split: time`` cut in seconds would fall outside the data. Every other float field is
+        normalised as configured.
+
+        Raises:
+            ConfigError: ``normalize_field`` lists the time field.
+        """
+        time_field = self.time_field
+        listed = self.config["normalize_field"] or []
+        if time_field is not None and time_field in listed:
+            raise ConfigError(
+                f"normalize_field lists the time field {time_field!r}; the fork keeps times in "
+                "the file's seconds (HSTU's time bias, split: time): remove it from the list"
+            )
+        if time_field is None or listed or not self.config["normalize_all"]:
+            super()._normalize()
+            return
+        others = [f for f in self.float_like_fields if f != time_field]
+        saved = {k: self.config[k] for k in ("normalize_all", "normalize_field")}
+        self.config["normalize_all"], self.config["normalize_field"] = None, others or None
+        try:
+            super()._normalize()
+        finally:
+            for key, value in saved.items():
+                self.config[key] = value
+
     def _from_scratch(self) -> None:
         super()._from_scratch()
         self._build_histories()

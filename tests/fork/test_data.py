@@ -62,7 +62,7 @@ def write_dataset(root, name="tiny", inter=INTER, item=ITEM):
     return root
 
 
-def make(tmp_path, **over):
+def make(tmp_path, item=ITEM, **over):
     cfg = {
         "model": "SASRecX",
         "dataset": "tiny",
@@ -77,7 +77,7 @@ def make(tmp_path, **over):
         "eval_by_length": False,
     }
     cfg.update(over)
-    return build_seq_data(run_config(write_dataset(tmp_path), **cfg))
+    return build_seq_data(run_config(write_dataset(tmp_path, item=item), **cfg))
 
 
 def all_batches(loader):
@@ -314,6 +314,32 @@ def test_bad_settings_and_empty_dataset(tmp_path):
         build_seq_data(run_config(root, model="SASRecX", dataset="short", max_seq_length=3))
     with pytest.raises(DataError, match="dataset 'nope'.*not found"):
         build_seq_data(run_config(tmp_path, model="SASRecX", dataset="nope"))
+
+
+def test_times_stay_in_seconds_when_float_fields_are_normalised(tmp_path):
+    """normalize_all (RecBole's ml-100k properties set it) scales other float fields, never
+    the time field: HSTU's time bias and split: time need the file's seconds."""
+    item = "item_id:token\tprice:float\na\t10\nb\t30\nc\t20\n"
+    load_col = {"inter": ["user_id", "item_id"], "item": ["item_id", "price"]}
+    d = make(tmp_path / "a", item=item, load_col=load_col, normalize_all=True)
+    assert d.dataset.hist_seconds[:7].tolist() == [10, 20, 20, 30, 40, 50, 60]  # u1 as written
+    assert d.dataset.item_feat["price"][1:4].tolist() == [0.0, 1.0, 0.5]  # min-max: a b c
+    assert d.dataset.config["normalize_all"] is True  # the run's settings are left as given
+    with pytest.raises(ConfigError, match="normalize_field lists the time field 'timestamp'"):
+        make(tmp_path / "b", item=item, load_col=load_col, normalize_field=["timestamp"])
+
+
+def test_bundled_ml100k_keeps_unix_seconds(tmp_path):
+    """RecBole's bundled ml-100k: its properties normalise every float field, yet the
+    histories hold the file's unix seconds (Sept 1997 to April 1998)."""
+    from benchmarks.ml100k import ml100k_data_path
+
+    d = build_seq_data(
+        run_config(ml100k_data_path(), model="HSTU", dataset="ml-100k", max_seq_length=50)
+    )
+    seconds = d.dataset.hist_seconds
+    assert d.dataset.config["normalize_all"] is True
+    assert 874_700_000 < seconds.min() < seconds.max() < 893_300_000
 
 
 def test_real_beauty_5core(shared_data, tmp_path):
