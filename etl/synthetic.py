@@ -1003,7 +1003,17 @@ def main(argv: list[str] | None = None) -> int:
         help="users per fine-tune domain before the 5-core filter (default 3000; "
         "capacity mode 23500, about the real Beauty 5-core's size)",
     )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="capacity mode: set one of etl.synthetic_capacity.CapacityParams (repeatable), "
+        "e.g. --param finetune_jump=0.3 to rebuild data made before a recalibration",
+    )
     args = parser.parse_args(argv)
+    if args.param and args.mode != "capacity":
+        parser.error("--param sets the capacity mode's knobs: add --mode capacity")
     if args.mode != "default" and args.format != "amazon2018":
         parser.error(f"--mode {args.mode} writes the amazon2018 format only, not {args.format}")
     from etl import synthetic_formats  # here: it builds on this module
@@ -1020,10 +1030,13 @@ def main(argv: list[str] | None = None) -> int:
                 args.out, args.interactions, args.seed, release
             )
         elif args.mode == "capacity":
-            from etl.synthetic_capacity import generate_capacity
+            from etl.synthetic_capacity import CapacityParams, generate_capacity
 
+            params = CapacityParams().with_overrides(args.param)
             users = 23_500 if args.finetune_users is None else args.finetune_users
-            counts = generate_capacity(args.out, args.interactions, args.seed, users, progress=True)
+            counts = generate_capacity(
+                args.out, args.interactions, args.seed, users, params, progress=True
+            )
         else:
             users = 3_000 if args.finetune_users is None else args.finetune_users
             counts = generate(args.out, args.interactions, args.seed, users, progress=True)

@@ -37,7 +37,7 @@ formats (asins, reviewer ids, atomic gzip writes, day sequences) are `etl.synthe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +137,32 @@ class CapacityParams:
     @property
     def n_successors(self) -> int:
         return len(self.successor_weights)
+
+    def with_overrides(self, items: list[str]) -> CapacityParams:
+        """A copy with `NAME=VALUE` items applied (the command line's `--param`), each
+        value read as its field's type; a tuple field takes comma-separated numbers.
+
+        Raises:
+            ValueError: an item without `=`, an unknown name, or a value of the wrong type.
+        """
+        names = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        changes: dict[str, object] = {}
+        for item in items:
+            name, sep, text = item.partition("=")
+            name = name.strip()
+            if not sep or name not in names:
+                raise ValueError(
+                    f"--param {item!r}: expected NAME=VALUE with NAME one of {', '.join(names)}"
+                )
+            kind = names[name]
+            try:
+                if kind is tuple:
+                    changes[name] = tuple(float(v) for v in text.split(","))
+                else:
+                    changes[name] = kind(text)
+            except ValueError:
+                raise ValueError(f"--param {item!r}: {text!r} is not a {kind.__name__}") from None
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,31 @@ def test_the_command_line_writes_the_capacity_mode(tmp_path, capsys):
     assert "--mode capacity writes the amazon2018 format only" in capsys.readouterr().err
 
 
+def test_param_sets_the_knobs_and_names_the_bad_ones(tmp_path, capsys):
+    """`--param NAME=VALUE` rebuilds data with other knobs (a study pinned before a
+    recalibration); a bad name or value is a one-line error naming the known names."""
+    argv = ["--interactions", "3000", "--seed", "11", "--finetune-users", "2000"]
+    old = ["--param", "finetune_jump=0.3", "--param", "finetune_item_zipf=0.6"]
+    out = tmp_path / "cli"
+    assert synthetic.main(["--mode", "capacity", "--out", str(out), *old, *argv]) == 0
+    params = CapacityParams(finetune_jump=0.3, finetune_item_zipf=0.6)
+    generate_capacity(tmp_path / "api", 3_000, seed=11, finetune_users=2_000, params=params)
+    for name in ALL_FILES:
+        assert (out / name).read_bytes() == (tmp_path / "api" / name).read_bytes()
+    assert CapacityParams().with_overrides(["successor_weights=0.5,0.5"]).n_successors == 2
+    for bad, message in [
+        ("finetune_jmp=0.3", "expected NAME=VALUE with NAME one of n_coarse, "),
+        ("finetune_jump", "expected NAME=VALUE"),
+        ("n_coarse=many", "'many' is not a int"),
+    ]:
+        with pytest.raises(SystemExit):
+            synthetic.main(["--mode", "capacity", "--out", str(out), "--param", bad, *argv])
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(out), "--param", "jump=0.1", *argv])
+    assert "--param sets the capacity mode's knobs: add --mode capacity" in capsys.readouterr().err
+
+
 def test_titles_name_the_fine_cluster(raw):
     """Every non-empty title carries its item's fine word and one of its coarse words."""
     raw_dir, _ = raw
