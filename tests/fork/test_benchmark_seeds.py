@@ -141,3 +141,30 @@ def test_shipped_ml100k_configs_read_recbole_bundled_copy():
     for conf in ml100k.CONFIGS.values():
         assert "data_path" not in yaml.safe_load((ml100k.REPO / conf).read_text())
     assert (Path(ml100k.ml100k_data_path()) / "ml-100k" / "ml-100k.inter").is_file()
+
+
+def test_time_to_levels_times_each_side_to_its_first_evaluation_at_each_share():
+    """training.py --part positions: stock's seconds are its epochs' training time summed up to
+    the first epoch at a share of its best; SASRecX's are its running total there."""
+    from benchmarks.training import _time_to_levels
+
+    stock = [
+        {"epoch": 0, "epoch_time_s": 300.0, "valid_ndcg_at_10": 0.05},
+        {"epoch": 1, "epoch_time_s": 300.0, "valid_ndcg_at_10": 0.099},
+        {"epoch": 2, "epoch_time_s": 300.0, "valid_ndcg_at_10": 0.10},
+    ]
+    fork = [
+        {"epoch": 0, "train_s": 5.0, "valid_ndcg_at_10": 0.095},
+        {"epoch": 1, "train_s": 10.0, "valid_ndcg_at_10": 0.0995},
+    ]
+    levels = _time_to_levels(stock, fork, target=0.10)
+    assert levels["0.9"] == {
+        "valid_ndcg_at_10": pytest.approx(0.09),
+        "stock_epoch": 1,
+        "stock_train_s": 600.0,
+        "sasrecx_epoch": 0,
+        "sasrecx_train_s": 5.0,
+        "train_ratio": pytest.approx(5 / 600),
+    }
+    assert levels["0.99"]["sasrecx_train_s"] == 10.0 and levels["0.99"]["stock_train_s"] == 600.0
+    assert levels["1"] is None  # SASRecX never reached 0.10
