@@ -20,8 +20,8 @@ Parts (each runs alone; results are merged into ``benchmarks/results/training.js
     most ``--epochs`` epochs (no early stopping), until its valid NDCG@10 reaches that figure.
     The ratio of the two times is the result (target: at most 1/10). The target is one noisy
     evaluation (the best of stock's), so ``levels`` also times both sides to 90%, 95% and 99%
-    of it (training seconds). The stock half is the ml100k
-    benchmark's early-stopping seed-2020 run: taken from ``benchmarks/results/ml100k.json``
+    of it (training seconds). The stock half is the ml100k benchmark's early-stopping
+    seed-2020 run: taken from ``benchmarks/results/ml100k.json``
     when recorded there, else trained (resumably) and recorded there first. Times: training
     seconds (sum of the epochs' ``epoch_time_s``), wall seconds with evaluation (stock: its
     valid evaluations; SASRecX: its train, valid and test evaluations, so an upper bound)
@@ -367,9 +367,10 @@ def part_positions(args, device: torch.device) -> dict[str, Any]:
             print(f"{share} x stock's best: not reached by both sides")
         else:
             print(
-                f"{share} x stock's best ({row['valid_ndcg_at_10']:.4f}): SASRecX {row['sasrecx_train_s']:.0f} s "
-                f"(epoch {row['sasrecx_epoch']}), stock {row['stock_train_s']:.0f} s (epoch "
-                f"{row['stock_epoch']}): training-time ratio {row['train_ratio']:.4f}"
+                f"{share} x stock's best ({row['valid_ndcg_at_10']:.4f}): SASRecX "
+                f"{row['sasrecx_train_s']:.0f} s (epoch {row['sasrecx_epoch']}), stock "
+                f"{row['stock_train_s']:.0f} s (epoch {row['stock_epoch']}): training-time "
+                f"ratio {row['train_ratio']:.4f}"
             )
     if reached:
         out["ratios"] = {
