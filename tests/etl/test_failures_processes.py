@@ -81,7 +81,14 @@ def start_cli(tmp_path: Path, raw: Path, out: Path, *extra: str, sleep: float = 
         *extra,
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        # Ctrl-C as in a terminal: a suite started in the background by a non-interactive shell
+        # inherits SIGINT ignored, and Python then keeps ignoring it in the ETL.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     return proc, marks
 
