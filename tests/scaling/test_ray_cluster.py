@@ -74,6 +74,7 @@ def _write_sweep(work: Path) -> Path:
             "n_layers": 1,
             "n_heads": 1,
             "max_seq_length": 6,
+            "train_window_stride": None,
             "loss_type": "sampled_softmax",
             "num_negatives": 5,
             "eval_mode": "full",
