@@ -206,6 +206,12 @@ class ForkEvalStockTrainer(StockTrainer):
         return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
 
     @torch.no_grad()
+    def _score_valid(self, valid_data, show_progress=False):
+        result = self.fork_evaluator.evaluate(self.model, "valid")
+        result.pop("count")
+        return result[self.valid_metric], result
+
+    @torch.no_grad()
     def _valid_epoch(self, valid_data, show_progress=False):
         """Valid metrics by the fork's evaluator; also logs ``valid_time_s`` (the
         evaluation's wall seconds) and ``epoch_cpu_s`` (this process's CPU seconds of the

@@ -115,7 +115,9 @@ class StockTrainer(Trainer):
     ):
         self._init_scheduler(len(train_data))
         try:
-            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            score, result = super().fit(
+                train_data, valid_data, verbose, saved, show_progress, callback_fn
+            )
         except KeyboardInterrupt:
             msg = (
                 f"interrupted during epoch {self._epoch}; the checkpoint {self._last_good()} "
@@ -124,6 +126,22 @@ class StockTrainer(Trainer):
             logger.warning(msg)
             print(msg)
             raise
+        if not result and valid_data is not None and Path(self.saved_model_file).is_file():
+            # A resumed run that found no better epoch: RecBole's loop sets the best valid
+            # result only when an epoch improves on it, so score the best checkpoint again.
+            score, result = self._best_valid(valid_data, show_progress)
+        return score, result
+
+    def _best_valid(self, valid_data, show_progress=False):
+        """(score, valid metrics) of the checkpoint's weights, the best epoch's."""
+        ckpt = load_checkpoint(self.saved_model_file, map_location=self.device)
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.model.load_other_parameter(ckpt.get("other_parameter"))
+        return self._score_valid(valid_data, show_progress)
+
+    def _score_valid(self, valid_data, show_progress=False):
+        """(score, metrics) on the valid set, logging nothing (RecBole's evaluation)."""
+        return super()._valid_epoch(valid_data, show_progress)
 
     def _last_good(self) -> str:
         path = Path(self.saved_model_file)

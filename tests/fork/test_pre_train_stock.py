@@ -74,3 +74,26 @@ def test_user_errors_are_one_line(tmp_path, tiny_dataset, stock_config, capsys, 
     assert pre_train_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "x.pth not found" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("evaluator", ["fork", "recbole"])
+def test_resumed_run_without_a_better_epoch_reports_the_best_one(
+    tmp_path, tiny_dataset, stock_config, monkeypatch, capsys, evaluator
+):
+    """A resumed stock run whose remaining epochs bring no better valid score (here: none
+    remain after the best epoch) still reports the best epoch's valid and test metrics:
+    RecBole's loop sets its best valid result only when an epoch improves on it."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "sasrec.pth"
+    argv = ["-c", str(stock_config), "-o", str(ckpt), "--data-path", str(tiny_dataset), *TINY]
+    argv += ["--set", f"stock_evaluator={evaluator}"]
+    assert pre_train_main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    best_epoch = torch.load(ckpt, weights_only=True)["epoch"]
+    # The best epoch becomes the last one: resuming trains nothing.
+    again = [*argv, "--resume", "--allow-change", "epochs", "--set", f"epochs={best_epoch + 1}"]
+    assert pre_train_main(again) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    best = {k: v for k, v in first.items() if k.startswith(("best_valid_", "best_test_"))}
+    assert "best_valid_ndcg_at_10" in best and "best_test_ndcg_at_10" in best
+    assert {k: resumed.get(k) for k in best} == pytest.approx(best, abs=1e-12)
