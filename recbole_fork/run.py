@@ -242,6 +242,7 @@ def _train_stock_in(
     from recbole_fork.data.seq_data import DataError
     from recbole_fork.models import get_model_class
     from recbole_fork.params import count_parameters
+    from recbole_fork.stock_trainer import last_state_path
 
     init_seed(config["seed"], config["reproducibility"])
     with atomic_file_errors(config):
@@ -271,6 +272,8 @@ def _train_stock_in(
         if not Path(checkpoint_path).is_file():
             raise CheckpointError(f"checkpoint {checkpoint_path} not found; nothing to resume")
         trainer.resume_checkpoint(checkpoint_path)
+    else:  # a new run here: an earlier run's end-of-epoch state must not be resumed later
+        last_state_path(checkpoint_path).unlink(missing_ok=True)
     best_score, best_valid = trainer.fit(
         train_data, valid_data, show_progress=config["show_progress"]
     )

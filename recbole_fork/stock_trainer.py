@@ -4,7 +4,11 @@ Added by subclassing, RecBole's training loop untouched: the LR schedule of
 ``schedulers.py`` stepped after every optimizer step (an optimizer step hook), per-epoch
 MLflow logging, plain-dict checkpoints that load with ``weights_only=True`` (RecBole's own
 pickle its ``Config``), and the scheduler state in the checkpoint so a resumed run keeps
-its LR. The fork's own models use ``recbole_fork.trainer.SeqTrainer`` instead.
+its LR. RecBole writes its checkpoint at the best epoch only; beside it, the state at the end
+of every epoch (``<checkpoint>.last``: weights, optimizer, schedule, counters, best result,
+RNG states) lets a cut run resume after its last finished epoch, as it would have gone on, and
+a finished run resume without training. The fork's own models use
+``recbole_fork.trainer.SeqTrainer`` instead.
 
 Nothing is written to or read from the working directory: RecBole's scratch folder
 (``checkpoint_dir``) and its TensorBoard events go to the run's private temporary folder
@@ -29,12 +33,24 @@ from recbole_fork import compat
 from recbole_fork.checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
 from recbole_fork.schedulers import SchedulerSettings, build_scheduler
 from recbole_fork.tracking import Tracker
-from recbole_fork.trainer import TrainingDivergedError, optimizer_changed, param_group_settings
+from recbole_fork.trainer import (
+    TrainingDivergedError,
+    capture_rng,
+    optimizer_changed,
+    param_group_settings,
+    restore_rng,
+)
 
 compat.apply()  # RecBole's numpy 2 / pandas 3 fixes, before RecBole is used
 
 logger = logging.getLogger(__name__)
 RESUME_KEYS = ("epoch", "cur_step", "best_valid_score", "state_dict", "optimizer")
+
+
+def last_state_path(checkpoint_path: str | Path) -> Path:
+    """Where a stock run keeps its end-of-epoch state, beside its best-epoch checkpoint."""
+    path = Path(checkpoint_path)
+    return path.with_name(path.name + ".last")
 
 
 class StockTrainer(Trainer):
@@ -72,6 +88,8 @@ class StockTrainer(Trainer):
         self.lr_scheduler = None
         self._epoch_started = 0.0
         self._resume_state: dict | None = None
+        self._resume_rng: dict | None = None
+        self._stopped = False  # a resumed run that had already stopped early
         self._epoch = self.start_epoch
 
     def _init_scheduler(self, steps_per_epoch: int) -> None:
@@ -114,18 +132,32 @@ class StockTrainer(Trainer):
         callback_fn=None,
     ):
         self._init_scheduler(len(train_data))
-        try:
-            score, result = super().fit(
-                train_data, valid_data, verbose, saved, show_progress, callback_fn
-            )
-        except KeyboardInterrupt:
-            msg = (
-                f"interrupted during epoch {self._epoch}; the checkpoint {self._last_good()} "
-                "holds the best epoch so far; continue with the same command plus --resume"
-            )
-            logger.warning(msg)
-            print(msg)
-            raise
+        generator = getattr(train_data, "generator", None)
+        if self._resume_rng is not None and generator is not None:
+            restore_rng(self._resume_rng, generator)
+
+        def end_of_epoch(epoch_idx, valid_score):
+            if saved:
+                self._save_last(epoch_idx, generator)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        if self._stopped:  # early stopping had ended it: nothing more to train
+            score, result = self.best_valid_score, self.best_valid_result
+        else:
+            try:
+                score, result = super().fit(
+                    train_data, valid_data, verbose, saved, show_progress, end_of_epoch
+                )
+            except KeyboardInterrupt:
+                msg = (
+                    f"interrupted during epoch {self._epoch}; the checkpoint "
+                    f"{self._last_good()} holds the best epoch so far; continue after the last "
+                    "finished epoch with the same command plus --resume"
+                )
+                logger.warning(msg)
+                print(msg)
+                raise
         if not result and valid_data is not None and Path(self.saved_model_file).is_file():
             # A resumed run that found no better epoch: RecBole's loop sets the best valid
             # result only when an epoch improves on it, so score the best checkpoint again.
@@ -187,9 +219,29 @@ class StockTrainer(Trainer):
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step=step)
 
+    def _save_last(self, epoch: int, generator) -> None:
+        """The end-of-epoch state (after the epoch's evaluation and early-stopping count)."""
+        state = self._state(epoch)
+        state["best_valid_result"] = {
+            k: float(v) for k, v in (self.best_valid_result or {}).items()
+        }
+        state["stopped"] = self.cur_step > self.stopping_step
+        if generator is not None:
+            state["rng"] = capture_rng(generator)
+        save_checkpoint(last_state_path(self.saved_model_file), state)
+
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         path = kwargs.pop("saved_model_file", self.saved_model_file)
-        state = {
+        if epoch == -1 and Path(path).is_file():
+            # RecBole's fit saves the current weights as epoch -1 when no epoch is left to
+            # train (a resumed run): keep the best epoch's checkpoint instead.
+            return
+        save_checkpoint(path, self._state(epoch))
+        if verbose:
+            self.logger.info(f"Saving current: {path}")
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
             "kind": "recbole_stock",
             "config": self.config.to_dict(),
             "epoch": epoch,
@@ -202,9 +254,6 @@ class StockTrainer(Trainer):
             "mlflow_run_id": self.tracker.run_id if self.tracker else None,
             "mlflow_tracking_uri": self.tracker.uri if self.tracker else None,
         }
-        save_checkpoint(path, state)
-        if verbose:
-            self.logger.info(f"Saving current: {path}")
 
     def resume_checkpoint(self, resume_file):
         """Restore a checkpoint ``_save_checkpoint`` wrote.
@@ -228,3 +277,20 @@ class StockTrainer(Trainer):
         self.best_valid_score = ckpt["best_valid_score"]
         self.model.load_other_parameter(ckpt.get("other_parameter"))
         self._resume_state = ckpt  # optimizer and schedule are restored once fit() builds them
+        last_path = last_state_path(resume_file)
+        if not last_path.is_file():
+            return
+        last = load_checkpoint(last_path, map_location=self.device)
+        if last.get("mlflow_run_id") != ckpt.get("mlflow_run_id") or last["epoch"] < ckpt["epoch"]:
+            logger.warning(f"{last_path}: not this checkpoint's run; resuming from its best epoch")
+            return
+        # Go on after the last finished epoch, not the best one.
+        self.model.load_state_dict(last["state_dict"])
+        self.model.load_other_parameter(last.get("other_parameter"))
+        self.start_epoch = last["epoch"] + 1
+        self.cur_step = last["cur_step"]
+        self.best_valid_score = last["best_valid_score"]
+        self.best_valid_result = last.get("best_valid_result") or None
+        self._stopped = bool(last.get("stopped"))
+        self._resume_rng = last.get("rng")
+        self._resume_state = last

@@ -134,7 +134,8 @@ def test_stock_path_unpickles_nothing(work, tiny_dataset, stock_config, capsys):
     assert not marker.exists()
     # RecBole's scratch files (saved/, log_tensorboard/) stay out of the working directory.
     assert sorted(p.name for p in work.iterdir()) == [
-        "b.metrics.json", "b.pth", "ckpt", "evil.pkl", "mlruns-artifacts", "mlruns.sqlite",
+        "b.metrics.json", "b.pth", "b.pth.last", "ckpt", "evil.pkl", "mlruns-artifacts",
+        "mlruns.sqlite",
         "own_ckpt_dir", "saved",
     ]  # fmt: skip
     capsys.readouterr()

@@ -97,3 +97,58 @@ def test_resumed_run_without_a_better_epoch_reports_the_best_one(
     best = {k: v for k, v in first.items() if k.startswith(("best_valid_", "best_test_"))}
     assert "best_valid_ndcg_at_10" in best and "best_test_ndcg_at_10" in best
     assert {k: resumed.get(k) for k in best} == pytest.approx(best, abs=1e-12)
+
+
+def _history(ckpt, key="valid_ndcg_at_10"):
+    state = torch.load(ckpt, weights_only=True)
+    return dict(
+        metric_history(state["mlflow_run_id"], key, tracking_uri=state["mlflow_tracking_uri"])
+    )
+
+
+def test_cut_run_resumes_after_its_last_epoch_as_if_never_cut(
+    tmp_path, tiny_dataset, monkeypatch, capsys
+):
+    """RecBole checkpoints the best epoch only; the end-of-epoch state beside it (weights,
+    optimizer, counters, RNG) makes a run cut after epoch 1 and resumed go on exactly as the
+    uncut run (constant LR, dropout on: the RNG states matter)."""
+    monkeypatch.chdir(tmp_path)
+    conf = tmp_path / "stock.yaml"
+    conf.write_text("model: SASRec\ndataset: tiny\nloss_type: CE\nscheduler:\n  type: constant\n")
+    base = ["-c", str(conf), "--data-path", str(tiny_dataset), *TINY]
+    whole_ckpt, cut_ckpt = tmp_path / "whole" / "s.pth", tmp_path / "cut" / "s.pth"
+    assert pre_train_main([*base, "-o", str(whole_ckpt), "--set", "epochs=4"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert pre_train_main([*base, "-o", str(cut_ckpt), "--set", "epochs=2"]) == 0
+    capsys.readouterr()
+    assert (cut_ckpt.parent / "s.pth.last").is_file()
+    again = [*base, "-o", str(cut_ckpt), "--resume", "--allow-change", "epochs"]
+    assert pre_train_main([*again, "--set", "epochs=4"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    best = {k: v for k, v in whole.items() if k.startswith(("best_valid_", "best_test_"))}
+    assert {k: resumed[k] for k in best} == best
+    assert _history(cut_ckpt) == _history(whole_ckpt)
+    assert sorted(_history(cut_ckpt, "train_loss")) == [0, 1, 2, 3]
+
+
+def test_run_that_stopped_early_resumes_without_training(
+    tmp_path, tiny_dataset, stock_config, monkeypatch, capsys
+):
+    """A run that early stopping ended is finished: resuming it (even with more epochs)
+    trains nothing and reports the same best metrics."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "s.pth"
+    argv = ["-c", str(stock_config), "-o", str(ckpt), "--data-path", str(tiny_dataset), *TINY]
+    assert pre_train_main([*argv, "--set", "epochs=2"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    last_path = tmp_path / "s.pth.last"
+    last = torch.load(last_path, weights_only=True)
+    assert last["epoch"] == 1 and last["stopped"] is False
+    last["stopped"] = True  # as if the patience had run out at epoch 1
+    torch.save(last, last_path)
+    again = [*argv, "--resume", "--allow-change", "epochs", "--set", "epochs=5"]
+    assert pre_train_main(again) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    best = {k: v for k, v in first.items() if k.startswith(("best_valid_", "best_test_"))}
+    assert {k: resumed.get(k) for k in best} == pytest.approx(best, abs=1e-12)
+    assert sorted(_history(ckpt, "train_loss")) == [0, 1]
