@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recbole_fork.checkpoint import load_checkpoint
 from recbole_fork.data.seq_data import DataSettings, SeqData
 from recbole_fork.evaluation import EvalSettings, parse_eval_mode, ranking_metrics, score_ranks
 from recbole_fork.stock_trainer import StockTrainer
@@ -207,6 +206,7 @@ class ForkEvalStockTrainer(StockTrainer):
 
     @torch.no_grad()
     def _score_valid(self, valid_data, show_progress=False):
+        """(score, metrics) on the valid set by the fork's evaluator, logging nothing."""
         result = self.fork_evaluator.evaluate(self.model, "valid")
         result.pop("count")
         return result[self.valid_metric], result
@@ -217,22 +217,19 @@ class ForkEvalStockTrainer(StockTrainer):
         evaluation's wall seconds) and ``epoch_cpu_s`` (this process's CPU seconds of the
         epoch's training and evaluation, every thread)."""
         start = time.perf_counter()
-        result = self.fork_evaluator.evaluate(self.model, "valid")
-        result.pop("count")
+        score, result = self._score_valid(valid_data, show_progress)
         seconds = time.perf_counter() - start
         metrics = {f"valid_{k}": v for k, v in result.items()}
         cpu = time.process_time() - self._cpu_mark
         self._log({**metrics, "valid_time_s": seconds, "epoch_cpu_s": cpu}, self._epoch)
-        return result[self.valid_metric], result
+        return score, result
 
     @torch.no_grad()
     def evaluate(self, eval_data=None, load_best_model=True, model_file=None, show_progress=False):
         """Test metrics (``hr@10``, ...) by the fork's evaluator, with the best epoch's
         weights when ``load_best_model`` (the checkpoint RecBole's loop saved)."""
         if load_best_model:
-            ckpt = load_checkpoint(model_file or self.saved_model_file, map_location=self.device)
-            self.model.load_state_dict(ckpt["state_dict"])
-            self.model.load_other_parameter(ckpt.get("other_parameter"))
+            self._load_best(model_file)
         result = self.fork_evaluator.evaluate(self.model, "test")
         result.pop("count")
         return result

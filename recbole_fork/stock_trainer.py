@@ -161,15 +161,20 @@ class StockTrainer(Trainer):
         if not result and valid_data is not None and Path(self.saved_model_file).is_file():
             # A resumed run that found no better epoch: RecBole's loop sets the best valid
             # result only when an epoch improves on it, so score the best checkpoint again.
-            score, result = self._best_valid(valid_data, show_progress)
+            self._load_best()
+            score, result = self._score_valid(valid_data, show_progress)
         return score, result
 
-    def _best_valid(self, valid_data, show_progress=False):
-        """(score, valid metrics) of the checkpoint's weights, the best epoch's."""
-        ckpt = load_checkpoint(self.saved_model_file, map_location=self.device)
-        self.model.load_state_dict(ckpt["state_dict"])
-        self.model.load_other_parameter(ckpt.get("other_parameter"))
-        return self._score_valid(valid_data, show_progress)
+    def _load_weights(self, state: dict[str, Any]) -> None:
+        """The model's weights from a checkpoint's state (``_state``)."""
+        self.model.load_state_dict(state["state_dict"])
+        self.model.load_other_parameter(state.get("other_parameter"))
+
+    def _load_best(self, model_file: str | None = None) -> None:
+        """The best epoch's weights, from the checkpoint RecBole's loop saved."""
+        # RecBole reloads it with a plain torch.load; read it as what it is.
+        path = model_file or self.saved_model_file
+        self._load_weights(load_checkpoint(path, map_location=self.device))
 
     def _score_valid(self, valid_data, show_progress=False):
         """(score, metrics) on the valid set, logging nothing (RecBole's evaluation)."""
@@ -193,11 +198,8 @@ class StockTrainer(Trainer):
         raise TrainingDivergedError(f"loss is {value} at epoch {self._epoch}; {hint}")
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        # RecBole reloads the best model with a plain torch.load; read it as what it is.
         if load_best_model:
-            ckpt = load_checkpoint(model_file or self.saved_model_file, map_location=self.device)
-            self.model.load_state_dict(ckpt["state_dict"])
-            self.model.load_other_parameter(ckpt.get("other_parameter"))
+            self._load_best(model_file)
         return super().evaluate(eval_data, False, None, show_progress)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
@@ -285,8 +287,7 @@ class StockTrainer(Trainer):
             logger.warning(f"{last_path}: not this checkpoint's run; resuming from its best epoch")
             return
         # Go on after the last finished epoch, not the best one.
-        self.model.load_state_dict(last["state_dict"])
-        self.model.load_other_parameter(last.get("other_parameter"))
+        self._load_weights(last)
         self.start_epoch = last["epoch"] + 1
         self.cur_step = last["cur_step"]
         self.best_valid_score = last["best_valid_score"]
